@@ -1,0 +1,22 @@
+"""eqjax: equilibrium propagation and energy-based learning in JAX."""
+
+from eqjax import costs, estimators, models, solvers
+from eqjax.api import evaluate, gradients, relax
+from eqjax.solvers import Equilibrium
+from eqjax.train import summarize, train_epoch, train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Equilibrium",
+    "costs",
+    "estimators",
+    "evaluate",
+    "gradients",
+    "models",
+    "relax",
+    "solvers",
+    "summarize",
+    "train_epoch",
+    "train_step",
+]

@@ -1,0 +1,120 @@
+"""Layered Hopfield energies (Scellier & Bengio 2017; Scellier et al. 2023, "DHN").
+
+A network with sizes ``(n_0, n_1, ..., n_L)`` has the input ``x`` (``n_0`` units, clamped) and
+``L`` layers of free units; the last one is the output. The state of one example is a tuple
+``(s_1, ..., s_L)`` with ``s_l`` of shape ``(n_l,)``.
+
+Parameters are a dict ``{"weights": (W_1, ..., W_L), "biases": (b_1, ..., b_L)}`` with
+``W_l`` of shape ``(n_{l-1}, n_l)`` and ``b_l`` of shape ``(n_l,)``.
+
+Energies (one example, ``s_0 = x``, ``rho`` applied to free units only)::
+
+    E(s) = 1/2 sum_l ||s_l||^2 - sum_l rho(s_{l-1})^T W_l rho(s_l) - sum_l b_l . rho(s_l)
+
+- ``"bilinear"``: ``rho(s) = s``, state boxed in ``[0, 1]`` (deep Hopfield network, Scellier et
+  al. 2023). The energy is quadratic in each layer with unit self-interaction, so block-coordinate
+  relaxation is exact.
+- ``"scellier-bengio"``: ``rho(s) = clip(s, 0, 1)``, state boxed in ``[0, 1]`` (Scellier & Bengio
+  2017). Inside the box it equals the bilinear energy.
+- ``"smooth"``: ``rho = sigmoid``, unbounded state. Twice differentiable everywhere, for checking
+  gradients by implicit differentiation without an active set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+ENERGIES = ("bilinear", "scellier-bengio", "smooth")
+
+
+def _identity(s):
+    return s
+
+
+def _hard_sigmoid(s):
+    return jnp.clip(s, 0.0, 1.0)
+
+
+_RHO = {"bilinear": _identity, "scellier-bengio": _hard_sigmoid, "smooth": jax.nn.sigmoid}
+_BOUNDS = {"bilinear": (0.0, 1.0), "scellier-bengio": (0.0, 1.0), "smooth": (-math.inf, math.inf)}
+
+
+@struct.dataclass
+class Hopfield:
+    """A layered Hopfield energy model. Build it with :func:`hopfield`.
+
+    All fields are static (they decide shapes and control flow); the model holds no arrays, so it
+    can be passed to ``jax.jit`` as an ordinary or a static argument.
+    """
+
+    sizes: tuple[int, ...] = struct.field(pytree_node=False)
+    kind: str = struct.field(pytree_node=False, default="bilinear")
+    gain: float = struct.field(pytree_node=False, default=1.0)
+
+    @property
+    def num_inputs(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def bounds(self) -> tuple[tuple[float, float], ...]:
+        """``(lo, hi)`` box of each free layer, as Python floats (``+-inf`` when unbounded)."""
+        return tuple(_BOUNDS[self.kind] for _ in self.sizes[1:])
+
+    def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
+        """Glorot-uniform weights scaled by ``gain``, zero biases.
+
+        ``W_l ~ U(-a, a)`` with ``a = gain * sqrt(6 / (n_{l-1} + n_l))`` (Glorot & Bengio 2010).
+        Returns ``{"weights": (W_1, ..), "biases": (b_1, ..)}``.
+        """
+        keys = jax.random.split(key, len(self.sizes) - 1)
+        weights, biases = [], []
+        for k, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:]):
+            limit = self.gain * math.sqrt(6.0 / (n_in + n_out))
+            weights.append(jax.random.uniform(k, (n_in, n_out), dtype, -limit, limit))
+            biases.append(jnp.zeros((n_out,), dtype))
+        return {"weights": tuple(weights), "biases": tuple(biases)}
+
+    def init_state(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        """All-zero state for one example ``x`` of shape ``(n_0,)``, in ``x``'s dtype."""
+        return tuple(jnp.zeros((n,), x.dtype) for n in self.sizes[1:])
+
+    def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
+        """Internal energy ``E(params, state, x)`` of one example; a scalar."""
+        rho = _RHO[self.kind]
+        activations = (x,) + tuple(rho(s) for s in state)
+        self_energy = sum(0.5 * jnp.vdot(s, s) for s in state)
+        interaction = sum(
+            activations[l] @ w @ activations[l + 1] for l, w in enumerate(params["weights"])
+        )
+        bias_energy = sum(jnp.vdot(b, a) for b, a in zip(params["biases"], activations[1:]))
+        return self_energy - interaction - bias_energy
+
+    def output(self, state: tuple) -> jax.Array:
+        """Output units of one example (the last layer), shape ``(n_L,)``."""
+        return state[-1]
+
+
+def hopfield(sizes, energy: str = "bilinear", gain: float = 1.0) -> Hopfield:
+    """A layered Hopfield model of any depth.
+
+    Args:
+      sizes: ``(n_in, h_1, ..., n_out)``, at least two positive integers.
+      energy: ``"bilinear"``, ``"scellier-bengio"`` or ``"smooth"`` (see the module docstring).
+      gain: multiplies the Glorot-uniform initialisation range (DHN uses 0.7).
+    """
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(f"sizes must be at least two positive integers, got {sizes!r}")
+    if energy not in ENERGIES:
+        raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
+    if not gain > 0:
+        raise ValueError(f"gain must be positive, got {gain!r}")
+    return Hopfield(sizes=sizes, kind=energy, gain=float(gain))

@@ -1,0 +1,57 @@
+"""Training: a pure optax step and an epoch as ``jax.lax.scan`` over batches held on device."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PHASES = ("free", "positive", "negative")
+
+
+def summarize(aux: dict) -> dict:
+    """Batch means of an estimator's ``aux``: loss, accuracy and, per phase, mean steps, the
+    fraction of examples that converged and the largest residual."""
+    metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
+    for phase in PHASES:
+        if phase in aux:
+            metrics[f"{phase}_steps"] = jnp.mean(aux[phase]["num_steps"].astype(jnp.float32))
+            metrics[f"{phase}_converged"] = jnp.mean(aux[phase]["converged"].astype(jnp.float32))
+            metrics[f"{phase}_residual"] = jnp.max(aux[phase]["residual"])
+    return metrics
+
+
+def train_step(model, cost, solver, estimator, optimizer: optax.GradientTransformation) -> Callable:
+    """A pure ``step(params, opt_state, x, y) -> (params, opt_state, metrics)``; jit it.
+
+    ``x`` ``(B, n_in)`` floats, ``y`` ``(B,)`` labels; ``metrics`` is :func:`summarize` of the
+    estimator's aux. Any optax transformation works; to change the learning rate without a
+    recompile, build it with ``optax.inject_hyperparams``.
+    """
+
+    def step(params, opt_state, x, y):
+        grads, aux = estimator.estimate(model, cost, solver, params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, summarize(aux)
+
+    return step
+
+
+def train_epoch(step: Callable) -> Callable:
+    """Lift a step to ``epoch(params, opt_state, xs, ys) -> (params, opt_state, metrics)``.
+
+    ``xs`` ``(num_batches, B, n_in)`` and ``ys`` ``(num_batches, B)`` stay on device; the loop is a
+    ``jax.lax.scan``, so one compile serves every epoch. ``metrics`` are stacked per batch.
+    """
+
+    def epoch(params, opt_state, xs, ys):
+        def body(carry, batch):
+            params, opt_state, metrics = step(*carry, *batch)
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (xs, ys))
+        return params, opt_state, metrics
+
+    return epoch
