@@ -1,6 +1,6 @@
 """eqjax: equilibrium propagation and energy-based learning in JAX."""
 
-from eqjax import costs, estimators, models, solvers
+from eqjax import costs, estimators, models, solvers, synthetic
 from eqjax.api import evaluate, gradients, relax
 from eqjax.solvers import Equilibrium
 from eqjax.train import summarize, train_epoch, train_step

@@ -26,6 +26,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 ENERGIES = ("bilinear", "scellier-bengio", "smooth")
@@ -54,6 +55,7 @@ class Hopfield:
     sizes: tuple[int, ...] = struct.field(pytree_node=False)
     kind: str = struct.field(pytree_node=False, default="bilinear")
     gain: float = struct.field(pytree_node=False, default=1.0)
+    output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
 
     @property
     def num_inputs(self) -> int:
@@ -66,7 +68,9 @@ class Hopfield:
     @property
     def bounds(self) -> tuple[tuple[float, float], ...]:
         """``(lo, hi)`` box of each free layer, as Python floats (``+-inf`` when unbounded)."""
-        return tuple(_BOUNDS[self.kind] for _ in self.sizes[1:])
+        hidden = tuple(_BOUNDS[self.kind] for _ in self.sizes[2:])
+        output = _BOUNDS[self.kind] if self.output_bounds is None else self.output_bounds
+        return hidden + (output,)
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
         """Glorot-uniform weights scaled by ``gain``, zero biases.
@@ -102,19 +106,30 @@ class Hopfield:
         return state[-1]
 
 
-def hopfield(sizes, energy: str = "bilinear", gain: float = 1.0) -> Hopfield:
+def hopfield(
+    sizes, energy: str = "bilinear", gain: float = 1.0, output_bounds=None
+) -> Hopfield:
     """A layered Hopfield model of any depth.
 
     Args:
       sizes: ``(n_in, h_1, ..., n_out)``, at least two positive integers.
       energy: ``"bilinear"``, ``"scellier-bengio"`` or ``"smooth"`` (see the module docstring).
       gain: multiplies the Glorot-uniform initialisation range (DHN uses 0.7).
+      output_bounds: ``(lo, hi)`` box of the output layer, overriding the energy's default; e.g.
+        ``(-inf, inf)`` for linear output units (as in deep resistive networks), which keeps the
+        true gradient alive for outputs that would otherwise be pinned at a bound.
     """
     sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+    if len(sizes) < 2 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in sizes):
         raise ValueError(f"sizes must be at least two positive integers, got {sizes!r}")
+    sizes = tuple(int(n) for n in sizes)
     if energy not in ENERGIES:
         raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
     if not gain > 0:
         raise ValueError(f"gain must be positive, got {gain!r}")
-    return Hopfield(sizes=sizes, kind=energy, gain=float(gain))
+    if output_bounds is not None:
+        lo, hi = (float(b) for b in output_bounds)
+        if not lo < hi:
+            raise ValueError(f"output_bounds must be (lo, hi) with lo < hi, got {output_bounds!r}")
+        output_bounds = (lo, hi)
+    return Hopfield(sizes=sizes, kind=energy, gain=float(gain), output_bounds=output_bounds)

@@ -1,0 +1,44 @@
+"""Shared test set-up: float64 everywhere for gradient checks, and small random problems."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import eqjax
+
+jax.config.update("jax_enable_x64", True)
+
+
+def relative_error(estimate, reference) -> float:
+    """``||estimate - reference|| / ||reference||`` over whole pytrees (flattened)."""
+    a, b = ravel_pytree(estimate)[0], ravel_pytree(reference)[0]
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def random_problem(seed, sizes=(6, 7, 5, 3), energy="smooth", gain=1.0, bias_scale=1.0, batch=4,
+                   output_bounds=None, output_bias=0.0):
+    """A float64 model, params with random biases (``output_bias`` added to the last layer's),
+    inputs in [0, 1] and labels."""
+    model = eqjax.models.hopfield(sizes, energy=energy, gain=gain, output_bounds=output_bounds)
+    k_params, k_bias, k_x, k_y = jax.random.split(jax.random.key(seed), 4)
+    params = model.init(k_params, dtype=jnp.float64)
+    bias_keys = jax.random.split(k_bias, len(params["biases"]))
+    params["biases"] = tuple(
+        bias_scale * jax.random.normal(k, b.shape, jnp.float64) for k, b in zip(bias_keys, params["biases"])
+    )
+    params["biases"] = params["biases"][:-1] + (params["biases"][-1] + output_bias,)
+    x = jax.random.uniform(k_x, (batch, sizes[0]), jnp.float64)
+    y = jax.random.randint(k_y, (batch,), 0, sizes[-1])
+    return model, params, x, y
+
+
+@pytest.fixture
+def tight_gd():
+    """Gradient descent converged to float64 round-off, for gradient references."""
+    return eqjax.solvers.GradientDescent(step_size=0.5, tol=1e-13, max_steps=20_000)
+
+
+@pytest.fixture
+def tight_bc():
+    return eqjax.solvers.BlockCoordinate(tol=1e-13, max_steps=5_000)
