@@ -111,7 +111,8 @@ class ImplicitDiff:
     pinned at a bound of their box do not move with the parameters, so they are removed from the
     solve (active set). ``method="dense"`` builds ``H`` per example (small nets); ``"cg"`` solves with
     Hessian-vector products by conjugate gradients (``cg_tol`` traced, ``cg_max_steps`` static).
-    Assumes ``H`` is positive definite on the free units (a strict local minimum).
+    Assumes ``H`` is positive definite on the free units (a strict local minimum); ``aux`` carries
+    ``linear_solve_residual`` (per example, relative) so a failed solve is visible.
     """
 
     method: str = struct.field(pytree_node=False, default="dense")
@@ -123,7 +124,10 @@ class ImplicitDiff:
             raise ValueError(f"method must be 'dense' or 'cg', got {self.method!r}")
 
     def _adjoint(self, model, cost, params, state, x, y):
-        """Solve ``H_ff v_f = dC/ds_f`` for one example; ``v = 0`` on pinned units."""
+        """Solve ``H_ff v_f = dC/ds_f`` for one example; ``v = 0`` on pinned units.
+
+        Returns ``(v, relative_residual)`` with ``relative_residual = ||A v - rhs|| / ||rhs||``.
+        """
         mask = _free_units(state, model.bounds)
         dcost = jax.grad(lambda s: cost(model.output(s), y))(state)
         grad_energy = jax.grad(lambda s: model.energy(params, s, x))
@@ -133,21 +137,24 @@ class ImplicitDiff:
         if self.method == "dense":
             hessian = jax.jacfwd(lambda f: ravel_pytree(grad_energy(unravel(f)))[0])(flat_state)
             system = flat_mask[:, None] * hessian * flat_mask[None, :] + jnp.diag(1 - flat_mask)
-            return unravel(jnp.linalg.solve(system, rhs))
+            matvec = lambda v: system @ v
+            solution = jnp.linalg.solve(system, rhs)
+        else:
 
-        def matvec(v):
-            hv = jax.jvp(grad_energy, (state,), (unravel(flat_mask * v),))[1]
-            return flat_mask * ravel_pytree(hv)[0] + (1 - flat_mask) * v
+            def matvec(v):
+                hv = jax.jvp(grad_energy, (state,), (unravel(flat_mask * v),))[1]
+                return flat_mask * ravel_pytree(hv)[0] + (1 - flat_mask) * v
 
-        solution, _ = jax.scipy.sparse.linalg.cg(
-            matvec, rhs, tol=self.cg_tol, maxiter=self.cg_max_steps
-        )
-        return unravel(solution)
+            solution, _ = jax.scipy.sparse.linalg.cg(
+                matvec, rhs, tol=self.cg_tol, maxiter=self.cg_max_steps
+            )
+        scale = jnp.maximum(jnp.linalg.norm(rhs), jnp.finfo(rhs.dtype).tiny)
+        return unravel(solution), jnp.linalg.norm(matvec(solution) - rhs) / scale
 
     def estimate(self, model, cost, solver, params, x, y, state0=None):
         free = relax_batch(model, cost, solver, params, x, None, 0.0, state0)
         state = jax.lax.stop_gradient(free.state)
-        adjoint = jax.vmap(self._adjoint, in_axes=(None, None, None, 0, 0, 0))(
+        adjoint, solve_residual = jax.vmap(self._adjoint, in_axes=(None, None, None, 0, 0, 0))(
             model, cost, params, state, x, y
         )
         adjoint = jax.lax.stop_gradient(adjoint)
@@ -159,7 +166,9 @@ class ImplicitDiff:
 
             return -jnp.mean(jax.vmap(one)(state, x, adjoint))
 
-        return jax.grad(mixed)(params), free_phase_aux(model, cost, free, y)
+        aux = free_phase_aux(model, cost, free, y)
+        aux["linear_solve_residual"] = solve_residual
+        return jax.grad(mixed)(params), aux
 
 
 @struct.dataclass

@@ -81,8 +81,9 @@ def test_cg_matches_dense_solve(tight_gd):
     model, params, x, y = random_problem(3, **CASES["smooth"])
     cost = eqjax.costs.squared_error()
     dense, _ = eqjax.gradients(model, cost, tight_gd, ImplicitDiff("dense"), params, x, y)
-    cg, _ = eqjax.gradients(model, cost, tight_gd, ImplicitDiff("cg", cg_tol=1e-12), params, x, y)
+    cg, aux = eqjax.gradients(model, cost, tight_gd, ImplicitDiff("cg", cg_tol=1e-12), params, x, y)
     assert relative_error(cg, dense) < 1e-9  # both exact up to the CG tolerance
+    assert float(aux["linear_solve_residual"].max()) < 1e-11  # reported per example
 
 
 def ep_errors(model, cost, solver, params, x, y, variant, betas):

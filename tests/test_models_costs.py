@@ -1,0 +1,86 @@
+"""Energies and costs against hand-written NumPy formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqjax
+from conftest import random_problem
+
+
+def numpy_energy(params, state, x, rho):
+    layers = [np.asarray(x)] + [rho(np.asarray(s)) for s in state]
+    e = sum(0.5 * np.sum(np.asarray(s) ** 2) for s in state)
+    for l, (w, b) in enumerate(zip(params["weights"], params["biases"])):
+        e -= layers[l] @ np.asarray(w) @ layers[l + 1] + np.asarray(b) @ layers[l + 1]
+    return e
+
+
+RHOS = {
+    "bilinear": lambda s: s,
+    "scellier-bengio": lambda s: np.clip(s, 0, 1),
+    "smooth": lambda s: 1 / (1 + np.exp(-s)),
+}
+
+
+@pytest.mark.parametrize("energy", RHOS)
+def test_energy_formula(energy):
+    model, params, x, _ = random_problem(0, energy=energy)
+    state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64, -0.5, 1.5)
+                  for i, n in enumerate(model.sizes[1:]))
+    expected = numpy_energy(params, state, x[0], RHOS[energy])
+    assert float(model.energy(params, state, x[0])) == pytest.approx(expected, rel=1e-12)
+
+
+def test_scellier_bengio_equals_bilinear_inside_the_box():
+    model, params, x, _ = random_problem(1, energy="scellier-bengio")
+    bilinear = eqjax.models.hopfield(model.sizes, energy="bilinear")
+    state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64) for i, n in enumerate(model.sizes[1:]))
+    assert float(model.energy(params, state, x[0])) == pytest.approx(float(bilinear.energy(params, state, x[0])), rel=1e-12)
+
+
+def test_init_shapes_scale_and_bounds():
+    model = eqjax.models.hopfield((784, 500, 10), energy="scellier-bengio", gain=0.7)
+    params = model.init(jax.random.key(0))
+    assert [w.shape for w in params["weights"]] == [(784, 500), (500, 10)]
+    assert [b.shape for b in params["biases"]] == [(500,), (10,)]
+    limit = 0.7 * np.sqrt(6 / (784 + 500))
+    w = np.asarray(params["weights"][0])
+    assert w.max() <= limit and w.min() >= -limit
+    assert w.std() == pytest.approx(limit / np.sqrt(3), rel=0.01)  # uniform(-a, a) has std a/sqrt(3)
+    assert params["weights"][0].dtype == jnp.float32
+    assert model.bounds == ((0.0, 1.0), (0.0, 1.0))
+    assert eqjax.models.hopfield((3, 2), energy="smooth").bounds == ((-np.inf, np.inf),)
+    assert eqjax.models.hopfield((3, 4, 2), output_bounds=(-1, 2)).bounds == ((0.0, 1.0), (-1.0, 2.0))
+
+
+def test_costs():
+    o = jnp.array([0.2, 0.9, -0.1])
+    assert float(eqjax.costs.squared_error()(o, 1)) == pytest.approx(0.5 * (0.04 + 0.01 + 0.01))
+    assert float(eqjax.costs.squared_error(half=False)(o, 1)) == pytest.approx(0.06)
+    log_softmax = np.asarray(o) - np.log(np.sum(np.exp(np.asarray(o))))
+    assert float(eqjax.costs.cross_entropy()(o, 2)) == pytest.approx(-log_softmax[2], rel=1e-6)
+
+
+def test_total_energy_with_real_and_complex_beta():
+    model, params, x, y = random_problem(2, energy="bilinear")
+    cost = eqjax.costs.squared_error()
+    F = eqjax.costs.total_energy(model, cost)
+    state = model.init_state(x[0])
+    e = model.energy(params, state, x[0])
+    c = cost(model.output(state), y[0])
+    assert float(F(params, state, x[0], y[0], 0.3)) == pytest.approx(float(e + 0.3 * c), rel=1e-12)
+    beta = 0.1 * jnp.exp(1j * jnp.pi / 3)
+    assert complex(F(params, state, x[0], y[0], beta)) == pytest.approx(complex(e + beta * c), rel=1e-12)
+    assert float(F(params, state, x[0], None, 0.3)) == pytest.approx(float(e), rel=1e-12)
+
+
+def test_synthetic_digits_are_deterministic_and_balanced():
+    x, y = eqjax.synthetic.digits(jax.random.key(0), 2000)
+    x2, y2 = eqjax.synthetic.digits(jax.random.key(0), 2000)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(x2))
+    assert x.shape == (2000, 64) and x.dtype == jnp.float32 and y.dtype == jnp.int32
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    counts = np.bincount(np.asarray(y), minlength=10)
+    assert counts.min() > 150  # 200 expected per class

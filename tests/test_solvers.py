@@ -1,0 +1,90 @@
+"""Relaxation: monotone energy, honest residuals, block-coordinate vs gradient descent."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import eqjax
+from eqjax.solvers import BlockCoordinate, GradientDescent, max_abs_difference
+from conftest import random_problem
+
+
+def lipschitz_constant(model, params, state, x):
+    """Largest Hessian eigenvalue of E in the state (constant for the bilinear energy)."""
+    flat, unravel = ravel_pytree(state)
+    hessian = jax.hessian(lambda f: model.energy(params, unravel(f), x))(flat)
+    return float(jnp.max(jnp.abs(jnp.linalg.eigvalsh(hessian))))
+
+
+@pytest.mark.parametrize("seed", (0, 1, 2))
+def test_energy_never_increases_below_one_over_L(seed):
+    model, params, x, _ = random_problem(seed, energy="bilinear", gain=1.0, bias_scale=0.5, batch=1)
+    x = x[0]
+    state = model.init_state(x)
+    step = 0.99 / lipschitz_constant(model, params, state, x)
+    solver = GradientDescent(step_size=step, tol=0.0, max_steps=1)
+    F = lambda s: model.energy(params, s, x)
+
+    def body(s, _):
+        s = solver.update(F, s, model.bounds)
+        return s, F(s)
+
+    _, energies = jax.lax.scan(body, state, length=200)
+    energies = np.concatenate([[float(F(state))], np.asarray(energies)])
+    # projected gradient descent with step < 1/L is a descent method; allow float64 round-off
+    assert np.all(np.diff(energies) <= 1e-12), np.diff(energies).max()
+    assert energies[-1] < energies[0] - 1e-3  # and it actually moved
+
+
+@pytest.mark.parametrize("solver", [GradientDescent(0.5, 1e-6, 500), BlockCoordinate(1e-6, 100)])
+def test_residual_of_returned_state_is_below_tol(solver):
+    model, params, x, y = random_problem(1, energy="bilinear", gain=0.5, bias_scale=0.5, batch=8)
+    cost = eqjax.costs.squared_error()
+    eq = eqjax.relax(model, cost, solver, params, x, y, beta=0.3)
+    assert bool(eq.converged.all())
+    F = eqjax.costs.total_energy(model, cost)
+    for i in range(x.shape[0]):
+        s = jax.tree.map(lambda a: a[i], eq.state)
+        again = solver.update(lambda u: F(params, u, x[i], y[i], 0.3), s, model.bounds)
+        recomputed = float(max_abs_difference(again, s))
+        assert recomputed == pytest.approx(float(eq.residual[i]), rel=1e-9, abs=1e-15)
+        assert recomputed < 1e-6  # the solver's tol
+
+
+def test_block_coordinate_reaches_the_gradient_descent_equilibrium_in_fewer_steps():
+    model, params, x, y = random_problem(2, sizes=(20, 30, 30, 10), energy="bilinear", gain=0.7,
+                                         bias_scale=0.5, batch=16)
+    cost = eqjax.costs.squared_error()
+    gd = eqjax.relax(model, cost, GradientDescent(0.5, 1e-10, 10_000), params, x, y, beta=0.5)
+    bc = eqjax.relax(model, cost, BlockCoordinate(1e-10, 1_000), params, x, y, beta=0.5)
+    assert bool(gd.converged.all()) and bool(bc.converged.all())
+    # both stop within 1e-10 of a fixed point of a contraction: states agree to ~1e-9
+    assert float(max_abs_difference(gd.state, bc.state)) < 1e-8
+    # per-sweep contraction ~||W||^2 (Gauss-Seidel) versus (1 + ||W||) / 2 for steps of 0.5
+    assert float(bc.num_steps.mean()) * 3 < float(gd.num_steps.mean())
+
+
+def test_hitting_max_steps_is_reported():
+    model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5)
+    eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, 1e-12, 3), params, x)
+    assert np.all(np.asarray(eq.num_steps) == 3)
+    assert not bool(eq.converged.any())
+    assert bool((eq.residual >= 1e-12).all())
+
+
+def test_warm_start_from_an_equilibrium_takes_no_steps():
+    model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5, bias_scale=0.5)
+    cost, solver = eqjax.costs.squared_error(), BlockCoordinate(1e-8, 200)
+    eq = eqjax.relax(model, cost, solver, params, x)
+    again = eqjax.relax(model, cost, solver, params, x, state0=eq.state)
+    assert np.all(np.asarray(again.num_steps) == 0)
+    assert float(max_abs_difference(again.state, eq.state)) == 0.0
+
+
+def test_states_stay_in_their_box():
+    model, params, x, y = random_problem(3, energy="scellier-bengio", gain=2.0, bias_scale=2.0)
+    eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.5, 1e-8, 300), params, x, y, 1.0)
+    for s, (lo, hi) in zip(eq.state, model.bounds):
+        assert float(s.min()) >= lo and float(s.max()) <= hi
