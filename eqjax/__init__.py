@@ -1,15 +1,16 @@
 """eqjax: equilibrium propagation and energy-based learning in JAX."""
 
-from eqjax import costs, estimators, models, solvers, synthetic
+from eqjax import costs, data, estimators, models, solvers, synthetic
 from eqjax.api import evaluate, gradients, relax
 from eqjax.solvers import Equilibrium
-from eqjax.train import summarize, train_epoch, train_step
+from eqjax.train import summarize, train_epoch, train_step, warm_start_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Equilibrium",
     "costs",
+    "data",
     "estimators",
     "evaluate",
     "gradients",
@@ -19,4 +20,5 @@ __all__ = [
     "summarize",
     "train_epoch",
     "train_step",
+    "warm_start_step",
 ]

@@ -30,11 +30,29 @@ def train_step(model, cost, solver, estimator, optimizer: optax.GradientTransfor
     estimator's aux. Any optax transformation works; to change the learning rate without a
     recompile, build it with ``optax.inject_hyperparams``.
     """
+    warm_step = warm_start_step(model, cost, solver, estimator, optimizer)
 
     def step(params, opt_state, x, y):
-        grads, aux = estimator.estimate(model, cost, solver, params, x, y)
+        params, opt_state, metrics, _ = warm_step(params, opt_state, x, y, None)
+        return params, opt_state, metrics
+
+    return step
+
+
+def warm_start_step(model, cost, solver, estimator, optimizer) -> Callable:
+    """Like :func:`train_step`, with the free phase started from a given state:
+    ``step(params, opt_state, x, y, state0) -> (params, opt_state, metrics, free_state)``.
+
+    ``state0`` is a batched state or ``None`` (zeros). Feeding back ``free_state`` warm-starts each
+    batch from the previous one (Scellier et al. 2023); indexing a per-example store gives
+    persistent particles (Scellier & Bengio 2017).
+    """
+
+    def step(params, opt_state, x, y, state0):
+        grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, summarize(aux)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, summarize(aux), aux["free_state"]
 
     return step
 

@@ -1,0 +1,224 @@
+"""Train an EP model on MNIST / Fashion-MNIST: the main job behind `make train`.
+
+    python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 1] [--seed 0]
+    python experiments/train.py --resume runs/<run>      # continue exactly where it stopped
+
+Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
+epoch), checkpoint.msgpack (flax serialization, written atomically after every chunk) and
+curve.png. Data order depends only on (seed, epoch), so a resumed run ends with the same
+parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import configs  # noqa: E402
+
+import eqjax  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="dhn-1h", choices=sorted(configs.CONFIGS))
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", type=Path, help="run directory to continue")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
+    parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
+    parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk / checkpoint")
+    parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
+    parser.add_argument("--stop-after-chunks", type=int, help=argparse.SUPPRESS)  # for resume tests
+    return parser.parse_args(argv)
+
+
+def load_split(dataset, split, limit, data_dir):
+    images, labels = eqjax.data.load(dataset, split, data_dir=data_dir)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    x = jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0
+    return x, jnp.asarray(labels)
+
+
+def atomic_write_bytes(path: Path, data: bytes):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_chunk(model, cost, solver, estimator, optimizer, warm_start):
+    """jit(params, opt_state, state, xs, ys) -> (params, opt_state, state, metrics) over a chunk."""
+    step = eqjax.warm_start_step(model, cost, solver, estimator, optimizer)
+
+    def chunk(params, opt_state, state, xs, ys):
+        def body(carry, batch):
+            params, opt_state, state = carry
+            params, opt_state, metrics, free_state = step(
+                params, opt_state, *batch, state if warm_start else None
+            )
+            return (params, opt_state, free_state), metrics
+
+        (params, opt_state, state), metrics = jax.lax.scan(body, (params, opt_state, state), (xs, ys))
+        return params, opt_state, state, metrics
+
+    return jax.jit(chunk)
+
+
+def test_error(model, cost, solver, params, x, y, batch=2000):
+    wrong = 0
+    for i in range(0, len(x), batch):
+        aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch])
+        wrong += int(jnp.sum(1.0 - aux["accuracy"]))
+    return wrong / len(x)
+
+
+def plot_curve(run_dir: Path, records):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    chunks = [r for r in records if r["kind"] == "chunk"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if chunks:
+        ax.plot([r["progress"] for r in chunks], [100 * r["train_error"] for r in chunks], ".-", alpha=0.5,
+                label="train error (running, per chunk)")
+    if epochs:
+        ax.plot([r["epoch"] for r in epochs], [100 * r["test_error"] for r in epochs], "o-", label="test error")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("error (%)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(run_dir.name)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curve.png", dpi=120)
+    plt.close(fig)
+
+
+def read_records(path: Path):
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by an interruption: drop it
+            break
+    return records
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.resume:
+        run_dir = args.resume
+        config = json.loads((run_dir / "config.json").read_text())
+        config["epochs"] = max(config["epochs"], args.epochs) if "--epochs" in (argv or sys.argv) else config["epochs"]
+    else:
+        config = dict(configs.CONFIGS[args.model], model=args.model, dataset=args.dataset, epochs=args.epochs,
+                      seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                      chunk=args.chunk, jax_version=jax.__version__, backend=jax.default_backend())
+        run_dir = args.runs_dir / f"{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir.mkdir(parents=True, exist_ok=False)
+
+    x_train, y_train = load_split(config["dataset"], "train", config["train_limit"], args.data_dir)
+    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], args.data_dir)
+    batch = config["batch_size"]
+    batches_per_epoch = len(x_train) // batch
+    config["batches_per_epoch"] = batches_per_epoch
+    if not args.resume:
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    model, cost, solver, estimator, optimizer = configs.build(config)
+    eqjax._checks.check_inputs(model, x_train, y_train)
+
+    params = model.init(jax.random.key(config["seed"]))
+    opt_state = optimizer.init(params)
+    state = jax.tree.map(lambda n: jnp.zeros((batch, n), jnp.float32), tuple(model.sizes[1:]))
+    position = {"epoch": 0, "batch": 0}
+    checkpoint = run_dir / "checkpoint.msgpack"
+    if args.resume and checkpoint.exists():
+        target = {"params": params, "opt_state": opt_state, "state": state, "position": position}
+        restored = serialization.from_bytes(target, checkpoint.read_bytes())
+        params, opt_state, state = restored["params"], restored["opt_state"], restored["state"]
+        position = {k: int(v) for k, v in restored["position"].items()}
+        print(f"resuming {run_dir} at epoch {position['epoch']}, batch {position['batch']}")
+    metrics_path = run_dir / "metrics.jsonl"
+    records = [r for r in read_records(metrics_path)
+               if (r["epoch"], r.get("batch_end", batches_per_epoch)) <= (position["epoch"], position["batch"])
+               or (r["kind"] == "epoch" and r["epoch"] < position["epoch"])]
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    chunk_fn = make_chunk(model, cost, solver, estimator, optimizer, config["warm_start"])
+    chunks_done = 0
+    with open(metrics_path, "a") as log:
+        for epoch in range(position["epoch"], config["epochs"]):
+            order = np.random.default_rng([config["seed"], epoch]).permutation(len(x_train))
+            order = jnp.asarray(order[: batches_per_epoch * batch].reshape(batches_per_epoch, batch))
+            start_time = time.time()
+            bar = tqdm(total=batches_per_epoch, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
+                       unit="batch", dynamic_ncols=True)
+            for first in range(position["batch"], batches_per_epoch, config["chunk"]):
+                last = min(first + config["chunk"], batches_per_epoch)
+                idx = order[first:last]
+                params, opt_state, state, metrics = chunk_fn(params, opt_state, state, x_train[idx], y_train[idx])
+                summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
+                record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
+                          "progress": epoch + last / batches_per_epoch, "train_loss": summary["loss"],
+                          "train_error": 1 - summary["accuracy"],
+                          **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
+                position = {"epoch": epoch, "batch": last}
+                blob = serialization.to_bytes({"params": params, "opt_state": opt_state, "state": state,
+                                               "position": position})
+                atomic_write_bytes(checkpoint, blob)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update(last - first)
+                bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
+                                steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
+                chunks_done += 1
+                if args.stop_after_chunks and chunks_done >= args.stop_after_chunks:
+                    bar.close()
+                    print(f"stopped after {chunks_done} chunks (checkpoint in {run_dir})")
+                    return run_dir
+            bar.close()
+            train_time = time.time() - start_time
+            error = test_error(model, cost, solver, params, x_test, y_test)
+            epoch_chunks = [r for r in read_records(metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
+            train_error = float(np.mean([r["train_error"] for r in epoch_chunks]))
+            record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
+                      "epoch_seconds": train_time}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running), test error "
+                  f"{100 * error:.2f}%, {train_time:.1f} s")
+            position = {"epoch": epoch + 1, "batch": 0}
+            atomic_write_bytes(checkpoint, serialization.to_bytes(
+                {"params": params, "opt_state": opt_state, "state": state, "position": position}))
+            plot_curve(run_dir, read_records(metrics_path))
+    final = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
+    if final:
+        print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
+              f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
