@@ -21,6 +21,7 @@ altered copy never trains silently. This is the only module of eqjax that touche
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import importlib.metadata
@@ -169,13 +170,15 @@ def _numpy_reconstruct():
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles NumPy arrays, dicts, lists and strings only: never arbitrary callables."""
+    """Unpickles NumPy arrays, dicts, lists, strings and bytes only: never arbitrary callables."""
 
     def find_class(self, module, name):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _numpy_reconstruct()
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # bytes in protocol-2 pickles from Python 3
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
 
 

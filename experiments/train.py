@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dhn-1h", choices=sorted(configs.CONFIGS))
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, help="total epochs (default 5, or the resumed run's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", type=Path, help="run directory to continue")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -126,14 +126,21 @@ def read_records(path: Path):
     return records
 
 
+def written_before(record, position) -> bool:
+    """Whether a metrics record belongs to the work a checkpoint at ``position`` contains."""
+    if record["kind"] == "epoch":  # written once position reached (record["epoch"], 0)
+        return record["epoch"] <= position["epoch"]
+    return (record["epoch"], record["batch_end"]) <= (position["epoch"], position["batch"])
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.resume:
         run_dir = args.resume
         config = json.loads((run_dir / "config.json").read_text())
-        config["epochs"] = max(config["epochs"], args.epochs) if "--epochs" in (argv or sys.argv) else config["epochs"]
+        config["epochs"] = args.epochs or config["epochs"]
     else:
-        config = dict(configs.CONFIGS[args.model], model=args.model, dataset=args.dataset, epochs=args.epochs,
+        config = dict(configs.CONFIGS[args.model], model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
                       chunk=args.chunk, jax_version=jax.__version__, backend=jax.default_backend())
         run_dir = args.runs_dir / f"{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -161,9 +168,7 @@ def main(argv=None):
         position = {k: int(v) for k, v in restored["position"].items()}
         print(f"resuming {run_dir} at epoch {position['epoch']}, batch {position['batch']}")
     metrics_path = run_dir / "metrics.jsonl"
-    records = [r for r in read_records(metrics_path)
-               if (r["epoch"], r.get("batch_end", batches_per_epoch)) <= (position["epoch"], position["batch"])
-               or (r["kind"] == "epoch" and r["epoch"] < position["epoch"])]
+    records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     chunk_fn = make_chunk(model, cost, solver, estimator, optimizer, config["warm_start"])
