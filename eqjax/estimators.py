@@ -61,11 +61,14 @@ class EP:
     ``beta`` is traced (vmap over it works; changing it never recompiles) and may be negative (a
     random sign per batch, as Scellier & Bengio 2017 do, is ``EP(beta=sign * 0.5)``). ``variant``
     and ``warm_start`` (nudged phases start from the free equilibrium, else from zero) are static.
+    ``nudged_solver`` relaxes the nudged phases (default: the free phase's solver), e.g. 4 gradient
+    steps after 20 free ones as in Scellier & Bengio 2017.
     """
 
     beta: float = 0.1
     variant: str = struct.field(pytree_node=False, default="centered")
     warm_start: bool = struct.field(pytree_node=False, default=True)
+    nudged_solver: object = None
 
     def __post_init__(self):
         if self.variant not in EP_VARIANTS:
@@ -78,11 +81,12 @@ class EP:
         start = jax.lax.stop_gradient(free.state) if self.warm_start else None
         aux = free_phase_aux(model, cost, free, y)
         beta = jnp.asarray(self.beta, x.dtype)
+        nudged = solver if self.nudged_solver is None else self.nudged_solver
         if self.variant in ("positive", "centered"):
-            plus = relax_batch(model, cost, solver, params, x, y, beta, start)
+            plus = relax_batch(model, cost, nudged, params, x, y, beta, start)
             aux["positive"] = phase_summary(plus)
         if self.variant in ("negative", "centered"):
-            minus = relax_batch(model, cost, solver, params, x, y, -beta, start)
+            minus = relax_batch(model, cost, nudged, params, x, y, -beta, start)
             aux["negative"] = phase_summary(minus)
         if self.variant == "positive":
             high, low, spread = plus.state, free.state, beta

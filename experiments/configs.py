@@ -22,6 +22,14 @@ CONFIGS = {
                    cost="squared_error", solver="block_coordinate", tol=1e-4, free_steps=15,
                    beta=0.2, variant="centered", batch_size=16,
                    learning_rate=0.05, decay=0.99, warm_start=True),
+    # Scellier & Bengio 2017: hard-sigmoid Hopfield 784-500-10, cost ||o - y||^2, projected gradient
+    # steps eps=0.5, 20 free / 4 nudged, beta=0.5 with a random sign per batch, rates 0.1 / 0.05,
+    # batch 20, persistent per-example states; evaluated from zero with 100 steps.
+    "sb-500": dict(sizes=[784, 500, 10], energy="scellier-bengio", gain=1.0,
+                   cost="squared_error_full", solver="gradient_descent", step_size=0.5, tol=1e-4,
+                   free_steps=20, nudged_steps=4, eval_steps=100, beta=0.5, variant="positive",
+                   random_sign=True, batch_size=20, learning_rate=[0.1, 0.05], decay=1.0,
+                   warm_start=False, persistent=True),
     # A small net for quick checks and tests (runs in seconds).
     "tiny": dict(sizes=[784, 32, 10], energy="bilinear", gain=0.7, cost="squared_error",
                  solver="block_coordinate", tol=1e-4, free_steps=15, beta=0.2,
@@ -37,15 +45,32 @@ def build(config: dict):
     cost = {"squared_error": eqjax.costs.squared_error(),
             "squared_error_full": eqjax.costs.squared_error(half=False),
             "cross_entropy": eqjax.costs.cross_entropy()}[config["cost"]]
+    solver = make_solver(config, config["free_steps"])
+    nudged = make_solver(config, config["nudged_steps"]) if "nudged_steps" in config else None
+    estimator = eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=nudged)
+    return model, cost, solver, estimator, make_optimizer(config)
+
+
+def make_solver(config: dict, max_steps: int):
     if config["solver"] == "block_coordinate":
-        solver = eqjax.solvers.BlockCoordinate(tol=config["tol"], max_steps=config["free_steps"])
-    else:
-        solver = eqjax.solvers.GradientDescent(
-            step_size=config["step_size"], tol=config["tol"], max_steps=config["free_steps"]
-        )
-    estimator = eqjax.estimators.EP(beta=config["beta"], variant=config["variant"])
-    schedule = optax.exponential_decay(
-        config["learning_rate"], transition_steps=config["batches_per_epoch"],
-        decay_rate=config["decay"], staircase=True,
+        return eqjax.solvers.BlockCoordinate(tol=config["tol"], max_steps=max_steps)
+    return eqjax.solvers.GradientDescent(step_size=config["step_size"], tol=config["tol"], max_steps=max_steps)
+
+
+def make_optimizer(config: dict) -> optax.GradientTransformation:
+    """SGD with a per-epoch exponential decay; a list of rates gives one rate per layer (the biases
+    of layer l use the rate of the weights below them, as in Scellier & Bengio 2017)."""
+
+    def sgd(rate):
+        return optax.sgd(optax.exponential_decay(
+            rate, transition_steps=config["batches_per_epoch"], decay_rate=config["decay"], staircase=True))
+
+    rates = config["learning_rate"]
+    if not isinstance(rates, list):
+        return sgd(rates)
+    if len(rates) != len(config["sizes"]) - 1:
+        raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got {rates}")
+    layers = tuple(f"layer{i}" for i in range(len(rates)))
+    return optax.multi_transform(
+        {name: sgd(rate) for name, rate in zip(layers, rates)}, {"weights": layers, "biases": layers}
     )
-    return model, cost, solver, estimator, optax.sgd(schedule)

@@ -63,20 +63,34 @@ def atomic_write_bytes(path: Path, data: bytes):
     os.replace(tmp, path)
 
 
-def make_chunk(model, cost, solver, estimator, optimizer, warm_start):
-    """jit(params, opt_state, state, xs, ys) -> (params, opt_state, state, metrics) over a chunk."""
-    step = eqjax.warm_start_step(model, cost, solver, estimator, optimizer)
+def make_chunk(model, cost, solver, estimator, optimizer, config):
+    """jit(params, opt_state, state, xs, ys, index, keys) -> (params, opt_state, state, metrics).
 
-    def chunk(params, opt_state, state, xs, ys):
+    ``state`` is the previous batch's free state (``warm_start``), a per-example store of shape
+    ``(N, n_l)`` gathered and updated by ``index`` (``persistent``), or unused. With
+    ``random_sign`` each batch's ``beta`` gets a sign drawn from its key.
+    """
+    persistent, warm = config.get("persistent", False), config.get("warm_start", False)
+
+    def chunk(params, opt_state, state, xs, ys, index, keys):
         def body(carry, batch):
             params, opt_state, state = carry
-            params, opt_state, metrics, free_state = step(
-                params, opt_state, *batch, state if warm_start else None
-            )
-            return (params, opt_state, free_state), metrics
+            x, y, idx, key = batch
+            batch_estimator = estimator
+            if config.get("random_sign", False):
+                sign = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
+                batch_estimator = estimator.replace(beta=sign * estimator.beta)
+            step = eqjax.warm_start_step(model, cost, solver, batch_estimator, optimizer)
+            state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm else None)
+            params, opt_state, metrics, free = step(params, opt_state, x, y, state0)
+            if persistent:
+                state = jax.tree.map(lambda s, f: s.at[idx].set(f), state, free)
+            elif warm:
+                state = free
+            return (params, opt_state, state), metrics
 
-        (params, opt_state, state), metrics = jax.lax.scan(body, (params, opt_state, state), (xs, ys))
-        return params, opt_state, state, metrics
+        carry, metrics = jax.lax.scan(body, (params, opt_state, state), (xs, ys, index, keys))
+        return (*carry, metrics)
 
     return jax.jit(chunk)
 
@@ -158,7 +172,8 @@ def main(argv=None):
 
     params = model.init(jax.random.key(config["seed"]))
     opt_state = optimizer.init(params)
-    state = jax.tree.map(lambda n: jnp.zeros((batch, n), jnp.float32), tuple(model.sizes[1:]))
+    rows = len(x_train) if config.get("persistent", False) else batch
+    state = tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
     position = {"epoch": 0, "batch": 0}
     checkpoint = run_dir / "checkpoint.msgpack"
     if args.resume and checkpoint.exists():
@@ -171,7 +186,9 @@ def main(argv=None):
     records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    chunk_fn = make_chunk(model, cost, solver, estimator, optimizer, config["warm_start"])
+    chunk_fn = make_chunk(model, cost, solver, estimator, optimizer, config)
+    eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
+    base_key = jax.random.key(config["seed"] + 1)
     chunks_done = 0
     with open(metrics_path, "a") as log:
         for epoch in range(position["epoch"], config["epochs"]):
@@ -183,7 +200,10 @@ def main(argv=None):
             for first in range(position["batch"], batches_per_epoch, config["chunk"]):
                 last = min(first + config["chunk"], batches_per_epoch)
                 idx = order[first:last]
-                params, opt_state, state, metrics = chunk_fn(params, opt_state, state, x_train[idx], y_train[idx])
+                keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
+                    jnp.arange(first, last) + epoch * batches_per_epoch)
+                params, opt_state, state, metrics = chunk_fn(
+                    params, opt_state, state, x_train[idx], y_train[idx], idx, keys)
                 summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
                 record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
                           "progress": epoch + last / batches_per_epoch, "train_loss": summary["loss"],
@@ -205,7 +225,7 @@ def main(argv=None):
                     return run_dir
             bar.close()
             train_time = time.time() - start_time
-            error = test_error(model, cost, solver, params, x_test, y_test)
+            error = test_error(model, cost, eval_solver, params, x_test, y_test)
             epoch_chunks = [r for r in read_records(metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
             train_error = float(np.mean([r["train_error"] for r in epoch_chunks]))
             record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
