@@ -88,3 +88,14 @@ def test_states_stay_in_their_box():
     eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.5, 1e-8, 300), params, x, y, 1.0)
     for s, (lo, hi) in zip(eq.state, model.bounds):
         assert float(s.min()) >= lo and float(s.max()) <= hi
+
+
+def test_ep_nudged_solver_runs_its_own_step_budget():
+    # Scellier & Bengio 2017: 20 free steps, then 4 nudged steps from the free state
+    model, params, x, y = random_problem(0, energy="scellier-bengio", gain=1.0, bias_scale=0.5)
+    estimator = eqjax.estimators.EP(beta=0.5, variant="positive", nudged_solver=GradientDescent(0.5, 0.0, 4))
+    _, aux = eqjax.gradients(model, eqjax.costs.squared_error(half=False), GradientDescent(0.5, 0.0, 20),
+                             estimator, params, x, y)
+    assert np.all(np.asarray(aux["free"]["num_steps"]) == 20)
+    assert np.all(np.asarray(aux["positive"]["num_steps"]) == 4)
+    assert "negative" not in aux
