@@ -40,6 +40,21 @@ def test_scellier_bengio_equals_bilinear_inside_the_box():
     assert float(model.energy(params, state, x[0])) == pytest.approx(float(bilinear.energy(params, state, x[0])), rel=1e-12)
 
 
+def test_scellier_bengio_state_gradient_at_the_bounds():
+    # units exactly at 0 or 1 must feel the full drive (rho' = 1 on [0, 1]); with jnp.clip's split
+    # derivative (1/2) a unit pinned at 1 would step off the bound and back at every iteration
+    model, params, x, _ = random_problem(4, energy="scellier-bengio", bias_scale=3.0)
+    bilinear = eqjax.models.hopfield(model.sizes, energy="bilinear")
+    state = tuple(jnp.asarray(np.arange(n) % 3 / 2.0) for n in model.sizes[1:])  # values 0, 0.5, 1
+    grad_sb = jax.grad(model.energy, argnums=1)(params, state, x[0])
+    grad_bilinear = jax.grad(bilinear.energy, argnums=1)(params, state, x[0])
+    for a, b in zip(grad_sb, grad_bilinear):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    solver = eqjax.solvers.GradientDescent(0.5, 1e-10, 1000)
+    eq = eqjax.relax(model, eqjax.costs.squared_error(), solver, params, x)
+    assert bool(eq.converged.all())  # no oscillation at the bounds
+
+
 def test_init_shapes_scale_and_bounds():
     model = eqjax.models.hopfield((784, 500, 10), energy="scellier-bengio", gain=0.7)
     params = model.init(jax.random.key(0))

@@ -36,11 +36,24 @@ def _identity(s):
     return s
 
 
-def _hard_sigmoid(s):
+@jax.custom_jvp
+def hard_sigmoid(s):
+    """``clip(s, 0, 1)`` with derivative 1 on the closed interval ``[0, 1]`` and 0 outside.
+
+    ``jnp.clip`` splits the derivative at a bound (1/2 at ``s = 0`` or ``1``), which makes units pinned
+    at a bound leave it and come back at every projected step; this one keeps them still, as in
+    Scellier & Bengio 2017.
+    """
     return jnp.clip(s, 0.0, 1.0)
 
 
-_RHO = {"bilinear": _identity, "scellier-bengio": _hard_sigmoid, "smooth": jax.nn.sigmoid}
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals, tangents):
+    (s,), (t,) = primals, tangents
+    return hard_sigmoid(s), jnp.where((s >= 0.0) & (s <= 1.0), t, jnp.zeros_like(t))
+
+
+_RHO = {"bilinear": _identity, "scellier-bengio": hard_sigmoid, "smooth": jax.nn.sigmoid}
 _BOUNDS = {"bilinear": (0.0, 1.0), "scellier-bengio": (0.0, 1.0), "smooth": (-math.inf, math.inf)}
 
 
