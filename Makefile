@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: train test test-slow clean system-data
+.PHONY: train test test-slow bench clean system-data
 
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
@@ -35,6 +35,9 @@ test: $(STAMP) system-data
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,7 +3,7 @@
 from eqjax import costs, data, estimators, models, solvers, synthetic
 from eqjax.api import evaluate, gradients, relax
 from eqjax.solvers import Equilibrium
-from eqjax.train import summarize, train_epoch, train_step, warm_start_step
+from eqjax.train import summarize, train_chunk, train_epoch, train_step, warm_start_step
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ __all__ = [
     "relax",
     "solvers",
     "summarize",
+    "train_chunk",
     "train_epoch",
     "train_step",
     "warm_start_step",

@@ -73,3 +73,46 @@ def train_epoch(step: Callable) -> Callable:
         return params, opt_state, metrics
 
     return epoch
+
+
+def train_chunk(model, cost, solver, estimator, optimizer, *, warm_start=False, persistent=False,
+                random_sign=False) -> Callable:
+    """A chunk of training batches as one ``jax.lax.scan``, with the state options of the papers:
+
+    ``chunk(params, opt_state, state, xs, ys, index, keys) -> (params, opt_state, state, metrics)``
+    with ``xs`` ``(K, B, n_in)``, ``ys`` ``(K, B)``, ``index`` ``(K, B)`` the examples' dataset rows
+    and ``keys`` ``(K,)`` PRNG keys. ``state`` (batched per layer) is
+
+    - with ``warm_start``: the previous batch's free state, ``(B, n_l)``; each batch's free phase
+      starts from it (Scellier et al. 2023);
+    - with ``persistent``: a per-example store ``(N, n_l)``, gathered and updated at ``index``
+      (persistent particles, Scellier & Bengio 2017);
+    - otherwise unused (free phases start from zero).
+
+    With ``random_sign`` each batch's ``beta`` gets a random sign drawn from its key (Scellier &
+    Bengio 2017). Metrics are stacked per batch. Pure; jit it.
+    """
+    if warm_start and persistent:
+        raise ValueError("choose warm_start or persistent, not both")
+
+    def chunk(params, opt_state, state, xs, ys, index, keys):
+        def body(carry, batch):
+            params, opt_state, state = carry
+            x, y, idx, key = batch
+            batch_estimator = estimator
+            if random_sign:
+                sign = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
+                batch_estimator = estimator.replace(beta=sign * estimator.beta)
+            step = warm_start_step(model, cost, solver, batch_estimator, optimizer)
+            state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm_start else None)
+            params, opt_state, metrics, free = step(params, opt_state, x, y, state0)
+            if persistent:
+                state = jax.tree.map(lambda s, f: s.at[idx].set(f), state, free)
+            elif warm_start:
+                state = free
+            return (params, opt_state, state), metrics
+
+        carry, metrics = jax.lax.scan(body, (params, opt_state, state), (xs, ys, index, keys))
+        return (*carry, metrics)
+
+    return chunk

@@ -63,38 +63,6 @@ def atomic_write_bytes(path: Path, data: bytes):
     os.replace(tmp, path)
 
 
-def make_chunk(model, cost, solver, estimator, optimizer, config):
-    """jit(params, opt_state, state, xs, ys, index, keys) -> (params, opt_state, state, metrics).
-
-    ``state`` is the previous batch's free state (``warm_start``), a per-example store of shape
-    ``(N, n_l)`` gathered and updated by ``index`` (``persistent``), or unused. With
-    ``random_sign`` each batch's ``beta`` gets a sign drawn from its key.
-    """
-    persistent, warm = config.get("persistent", False), config.get("warm_start", False)
-
-    def chunk(params, opt_state, state, xs, ys, index, keys):
-        def body(carry, batch):
-            params, opt_state, state = carry
-            x, y, idx, key = batch
-            batch_estimator = estimator
-            if config.get("random_sign", False):
-                sign = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
-                batch_estimator = estimator.replace(beta=sign * estimator.beta)
-            step = eqjax.warm_start_step(model, cost, solver, batch_estimator, optimizer)
-            state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm else None)
-            params, opt_state, metrics, free = step(params, opt_state, x, y, state0)
-            if persistent:
-                state = jax.tree.map(lambda s, f: s.at[idx].set(f), state, free)
-            elif warm:
-                state = free
-            return (params, opt_state, state), metrics
-
-        carry, metrics = jax.lax.scan(body, (params, opt_state, state), (xs, ys, index, keys))
-        return (*carry, metrics)
-
-    return jax.jit(chunk)
-
-
 def test_error(model, cost, solver, params, x, y, batch=2000):
     wrong = 0
     for i in range(0, len(x), batch):
@@ -186,7 +154,9 @@ def main(argv=None):
     records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    chunk_fn = make_chunk(model, cost, solver, estimator, optimizer, config)
+    chunk_fn = jax.jit(eqjax.train_chunk(
+        model, cost, solver, estimator, optimizer, warm_start=config.get("warm_start", False),
+        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)))
     eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
     base_key = jax.random.key(config["seed"] + 1)
     chunks_done = 0
