@@ -53,11 +53,12 @@ def total_energy(model, cost) -> Callable:
     """``F(params, state, x, y, beta) = E(params, state, x) + beta * C(output(state), y)``.
 
     One example. ``beta`` is a traced scalar, real or complex; ``y`` is an integer label, or
-    ``None`` for the free energy alone (then ``beta`` is ignored).
+    ``None`` for the free energy alone (then ``beta`` is ignored). ``drive`` optionally passes the
+    model's precomputed input field (see ``Hopfield.input_drive``) to ``model.energy``.
     """
 
-    def F(params, state, x, y, beta):
-        energy = model.energy(params, state, x)
+    def F(params, state, x, y, beta, drive=None):
+        energy = model.energy(params, state, x) if drive is None else model.energy(params, state, x, drive)
         if y is None:
             return energy
         return energy + beta * cost(model.output(state), y)

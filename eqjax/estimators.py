@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 from eqjax._checks import check_beta
 from eqjax.costs import predict, total_energy
-from eqjax.solvers import Equilibrium, max_abs_difference, relax_batch
+from eqjax.solvers import Equilibrium, input_drive_batch, max_abs_difference, relax_batch
 
 EP_VARIANTS = ("positive", "negative", "centered")
 
@@ -42,9 +42,13 @@ def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
     }
 
 
-def batch_energy(model, params, states, x) -> jax.Array:
-    """Mean over the batch of ``E(params, s_b, x_b)``."""
-    return jnp.mean(jax.vmap(model.energy, in_axes=(None, 0, 0))(params, states, x))
+def mean_energy_difference(model, params, states_a, states_b, x) -> jax.Array:
+    """Mean over the batch of ``E(params, a_b, x_b) - E(params, b_b, x_b)``, through the model's
+    ``energy_difference`` when it has one (one outer product per input layer, not two)."""
+    difference = getattr(model, "energy_difference", None)
+    if difference is None:
+        difference = lambda p, a, b, x_i: model.energy(p, a, x_i) - model.energy(p, b, x_i)
+    return jnp.mean(jax.vmap(difference, in_axes=(None, 0, 0, 0))(params, states_a, states_b, x))
 
 
 @struct.dataclass
@@ -77,16 +81,17 @@ class EP:
             check_beta(self.beta)
 
     def estimate(self, model, cost, solver, params, x, y, state0=None):
-        free = relax_batch(model, cost, solver, params, x, None, 0.0, state0)
+        drive = input_drive_batch(model, params, x)  # shared by all phases
+        free = relax_batch(model, cost, solver, params, x, None, 0.0, state0, drive)
         start = jax.lax.stop_gradient(free.state) if self.warm_start else None
         aux = free_phase_aux(model, cost, free, y)
         beta = jnp.asarray(self.beta, x.dtype)
         nudged = solver if self.nudged_solver is None else self.nudged_solver
         if self.variant in ("positive", "centered"):
-            plus = relax_batch(model, cost, nudged, params, x, y, beta, start)
+            plus = relax_batch(model, cost, nudged, params, x, y, beta, start, drive)
             aux["positive"] = phase_summary(plus)
         if self.variant in ("negative", "centered"):
-            minus = relax_batch(model, cost, nudged, params, x, y, -beta, start)
+            minus = relax_batch(model, cost, nudged, params, x, y, -beta, start, drive)
             aux["negative"] = phase_summary(minus)
         if self.variant == "positive":
             high, low, spread = plus.state, free.state, beta
@@ -97,7 +102,7 @@ class EP:
         high, low = jax.lax.stop_gradient((high, low))
 
         def contrast(p):
-            return (batch_energy(model, p, high, x) - batch_energy(model, p, low, x)) / spread
+            return mean_energy_difference(model, p, high, low, x) / spread
 
         return jax.grad(contrast)(params), aux
 

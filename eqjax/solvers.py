@@ -5,7 +5,10 @@ never recompiles, ``jax.vmap`` over them works); ``max_steps`` is static. ``solv
 bounds)`` applies one iteration of its map ``T``; :func:`iterate` is the single loop owner that runs
 ``T`` in a ``jax.lax.while_loop`` until ``max|T(s) - s| < tol`` or ``max_steps`` is reached.
 
-``F`` is a function of the state alone (one example; parameters, input, label and ``beta`` bound).
+``F`` is a function of the state alone (parameters, input, label and ``beta`` bound). The update
+maps work on one example or on a batch (leading axis) alike; :func:`relax_batch` relaxes a whole
+batch in one loop with ``F`` the sum of the examples' energies (examples do not interact, so its
+gradient is each example's own).
 """
 
 from __future__ import annotations
@@ -47,26 +50,41 @@ def max_abs_difference(a, b) -> jax.Array:
     return jnp.max(jnp.stack(jax.tree.leaves(diffs)))
 
 
-def iterate(update: Callable, state0: tuple, tol, max_steps: int) -> Equilibrium:
-    """Run ``s <- update(s)`` from ``state0`` until ``max|update(s) - s| < tol`` or ``max_steps``.
+def per_example_max_abs_difference(a, b) -> jax.Array:
+    """``max |a - b|`` per example (leading axis) over all leaves of two batched pytrees."""
+    diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u - v).reshape(u.shape[0], -1), axis=1), a, b)
+    return jnp.max(jnp.stack(jax.tree.leaves(diffs)), axis=0)
 
-    The carry holds ``s`` and ``T(s)`` so the returned residual belongs to the returned state
-    exactly. ``max_steps`` is static; ``tol`` is traced (``tol = 0`` runs exactly ``max_steps``).
+
+def iterate(update: Callable, state0: tuple, tol, max_steps: int) -> Equilibrium:
+    """Run ``s <- update(s)`` on a batched state until every example's ``max|update(s) - s|`` is
+    below ``tol``, or ``max_steps`` updates.
+
+    The whole batch moves together (on SIMD hardware a batched loop computes every example anyway;
+    freezing converged ones would only add selects), so ``num_steps`` is the batch's count. The
+    carry holds ``s`` and ``T(s)``, so the returned residual belongs to the returned state exactly.
+    ``max_steps`` is static; ``tol`` is traced (``tol = 0`` runs exactly ``max_steps``).
     """
     first = update(state0)
 
     def cond(carry):
         _, _, residual, k = carry
-        return (residual >= tol) & (k < max_steps)
+        return (jnp.max(residual) >= tol) & (k < max_steps)
 
     def body(carry):
         _, next_state, _, k = carry
         following = update(next_state)
-        return next_state, following, max_abs_difference(following, next_state), k + 1
+        return next_state, following, per_example_max_abs_difference(following, next_state), k + 1
 
-    carry = (state0, first, max_abs_difference(first, state0), jnp.asarray(0, jnp.int32))
+    residual0 = per_example_max_abs_difference(first, state0)
+    carry = (state0, first, residual0, jnp.asarray(0, jnp.int32))
     state, _, residual, steps = jax.lax.while_loop(cond, body, carry)
-    return Equilibrium(state=state, num_steps=steps, residual=residual, converged=residual < tol)
+    return Equilibrium(
+        state=state,
+        num_steps=jnp.broadcast_to(steps, residual.shape),
+        residual=residual,
+        converged=residual < tol,
+    )
 
 
 def _check_max_steps(max_steps):
@@ -162,16 +180,32 @@ class BlockCoordinate:
         return iterate(lambda s: self.update(F, s, bounds), state0, self.tol, self.max_steps)
 
 
-def relax_batch(model, cost, solver, params, x, y, beta, state0=None) -> Equilibrium:
+def input_drive_batch(model, params, x):
+    """The model's input field for a batch, ``(B, n_1)``, or ``None`` if the model has none.
+
+    Relaxations of the same batch (free and nudged phases) share it: the input projection, the
+    largest product of a layered net, is then computed once per batch.
+    """
+    input_drive = getattr(model, "input_drive", None)
+    return None if input_drive is None else jax.vmap(input_drive, in_axes=(None, 0))(params, x)
+
+
+def relax_batch(model, cost, solver, params, x, y, beta, state0=None, drive=None) -> Equilibrium:
     """Relax a batch without input checks (the jit-friendly core of :func:`eqjax.relax`).
 
     Shapes: ``x`` ``(B, n_in)``; ``y`` ``(B,)`` or ``None``; ``beta`` a scalar; ``state0`` a batched
-    state or ``None`` (all-zero start). Returns a batched :class:`Equilibrium`.
+    state or ``None`` (all-zero start); ``drive`` the batch's :func:`input_drive_batch` (computed
+    here, outside the loop, when ``None``). The batch relaxes in one loop (see :func:`iterate`).
+    Returns a batched :class:`Equilibrium`.
     """
     F = total_energy(model, cost)
+    if drive is None:
+        drive = input_drive_batch(model, params, x)
+    if state0 is None:
+        state0 = jax.vmap(model.init_state)(x)
 
-    def one(x_i, y_i, s0_i):
-        start = model.init_state(x_i) if s0_i is None else s0_i
-        return solver.solve(lambda s: F(params, s, x_i, y_i, beta), start, model.bounds)
+    def batch_energy(states):
+        one = lambda s, x_i, y_i, d_i: F(params, s, x_i, y_i, beta, d_i)
+        return jnp.sum(jax.vmap(one)(states, x, y, drive))
 
-    return jax.vmap(one)(x, y, state0)
+    return solver.solve(batch_energy, state0, model.bounds)

@@ -74,3 +74,20 @@ def test_epoch_scan_equals_a_loop_of_steps():
     chex.assert_trees_all_close(scanned, looped, atol=1e-6)  # float32 round-off, fused vs unfused
     assert metrics["loss"].shape == (4,)
     assert set(metrics) >= {"loss", "accuracy", "free_steps", "positive_converged", "negative_residual"}
+
+
+def test_second_epoch_does_not_recompile():
+    x, y, _, _ = digits(jnp.float32)
+    model, cost = demo_model(), eqjax.costs.squared_error()
+    optimizer = optax.sgd(optax.exponential_decay(0.05, 10, 0.99))
+    chunk = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_chunk(
+        model, cost, eqjax.solvers.BlockCoordinate(1e-4, 15), EP(beta=0.2), optimizer, warm_start=True)))
+    params = model.init(jax.random.key(4))
+    opt_state = optimizer.init(params)
+    state = tuple(jnp.zeros((BATCH, n)) for n in model.sizes[1:])
+    for epoch in range(2):  # a new data order each epoch, same shapes: one trace, one compile
+        order = jax.random.permutation(jax.random.key(epoch), 160).reshape(10, BATCH)
+        keys = jax.random.split(jax.random.key(epoch), 10)
+        params, opt_state, state, metrics = chunk(params, opt_state, state, x[order], y[order], order, keys)
+    assert chunk._cache_size() == 1
+    chex.assert_tree_all_finite(params)

@@ -103,15 +103,50 @@ class Hopfield:
         """All-zero state for one example ``x`` of shape ``(n_0,)``, in ``x``'s dtype."""
         return tuple(jnp.zeros((n,), x.dtype) for n in self.sizes[1:])
 
-    def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
-        """Internal energy ``E(params, state, x)`` of one example; a scalar."""
+    def input_drive(self, params: dict, x: jax.Array) -> jax.Array:
+        """The clamped input's field on the first layer, ``x @ W_1``, shape ``(n_1,)``.
+
+        It does not depend on the state, so relaxations compute it once per batch (not once per
+        step or per phase) and hand it to :meth:`energy` as ``drive``.
+        """
+        return x @ params["weights"][0]
+
+    def energy(self, params: dict, state: tuple, x: jax.Array, drive=None) -> jax.Array:
+        """Internal energy ``E(params, state, x)`` of one example; a scalar.
+
+        ``drive``: optional precomputed :meth:`input_drive` ``(params, x)``; the value is the same,
+        but gradients w.r.t. ``params`` then do not flow through ``W_1``'s input term.
+        """
+        activations = self._activations(state)
+        drive = self.input_drive(params, x) if drive is None else drive
+        return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
+
+    def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array):
+        """``E(params, state_a, x) - E(params, state_b, x)`` for one example.
+
+        The input term is factored as ``x W_1 (rho(a_1) - rho(b_1))``, so the gradient w.r.t.
+        ``W_1`` (the largest matrix) is one outer product of ``x`` with a difference of states
+        instead of two: what EP's weight update needs.
+        """
+        acts_a, acts_b = self._activations(state_a), self._activations(state_b)
+        input_term = x @ params["weights"][0] @ (acts_a[0] - acts_b[0])
+        return (
+            self._internal_energy(params, state_a, acts_a)
+            - self._internal_energy(params, state_b, acts_b)
+            - input_term
+        )
+
+    def _activations(self, state: tuple) -> tuple:
         rho = _RHO[self.kind]
-        activations = (x,) + tuple(rho(s) for s in state)
+        return tuple(rho(s) for s in state)
+
+    def _internal_energy(self, params: dict, state: tuple, activations: tuple) -> jax.Array:
+        """Every term of the energy except the input interaction ``x W_1 rho(s_1)``."""
         self_energy = sum(0.5 * jnp.vdot(s, s) for s in state)
         interaction = sum(
-            activations[l] @ w @ activations[l + 1] for l, w in enumerate(params["weights"])
+            activations[l] @ w @ activations[l + 1] for l, w in enumerate(params["weights"][1:])
         )
-        bias_energy = sum(jnp.vdot(b, a) for b, a in zip(params["biases"], activations[1:]))
+        bias_energy = sum(jnp.vdot(b, a) for b, a in zip(params["biases"], activations))
         return self_energy - interaction - bias_energy
 
     def output(self, state: tuple) -> jax.Array:
