@@ -1,6 +1,6 @@
 """eqjax: equilibrium propagation and energy-based learning in JAX."""
 
-from eqjax import costs, data, estimators, models, solvers, synthetic
+from eqjax import analog, costs, data, estimators, models, solvers, synthetic
 from eqjax.api import evaluate, gradients, relax
 from eqjax.solvers import Equilibrium
 from eqjax.train import summarize, train_chunk, train_epoch, train_step, warm_start_step
@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Equilibrium",
+    "analog",
     "costs",
     "data",
     "estimators",

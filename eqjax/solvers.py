@@ -28,8 +28,9 @@ class Equilibrium:
 
     Attributes:
       state: the state ``s`` returned (tuple of per-layer arrays).
-      num_steps: number of updates applied to reach ``s`` (int32).
-      residual: ``max|T(s) - s|`` at the returned ``s``, with ``T`` the solver's update.
+      num_steps: number of updates applied to reach ``s`` (int32; the batch's count).
+      residual: the last update's size ``max|s_k - s_{k-1}|`` per example; for a contractive
+        update ``T`` it bounds the returned state's own ``max|T(s) - s|``.
       converged: ``residual < tol``; ``False`` means ``max_steps`` was hit first.
     """
 
@@ -57,28 +58,32 @@ def per_example_max_abs_difference(a, b) -> jax.Array:
 
 
 def iterate(update: Callable, state0: tuple, tol, max_steps: int) -> Equilibrium:
-    """Run ``s <- update(s)`` on a batched state until every example's ``max|update(s) - s|`` is
-    below ``tol``, or ``max_steps`` updates.
+    """Run ``s <- update(s)`` on a batched state until every example's last update
+    ``max|s_k - s_{k-1}|`` is below ``tol``, or ``max_steps`` updates.
 
-    The whole batch moves together (on SIMD hardware a batched loop computes every example anyway;
-    freezing converged ones would only add selects), so ``num_steps`` is the batch's count. The
-    carry holds ``s`` and ``T(s)``, so the returned residual belongs to the returned state exactly.
-    ``max_steps`` is static; ``tol`` is traced (``tol = 0`` runs exactly ``max_steps``).
+    At least one update is applied (when ``max_steps >= 1``), so a nudged phase started from the
+    free equilibrium always feels its nudge. The whole batch moves together (on SIMD hardware a
+    batched loop computes every example anyway; freezing converged ones would only add selects),
+    so ``num_steps`` is the batch's count. ``max_steps`` is static; ``tol`` is traced (``tol = 0``
+    runs exactly ``max_steps``).
     """
-    first = update(state0)
+    if max_steps == 0:
+        residual = per_example_max_abs_difference(update(state0), state0)
+        steps = jnp.zeros(residual.shape, jnp.int32)
+        return Equilibrium(state=state0, num_steps=steps, residual=residual, converged=residual < tol)
 
     def cond(carry):
-        _, _, residual, k = carry
+        _, residual, k = carry
         return (jnp.max(residual) >= tol) & (k < max_steps)
 
     def body(carry):
-        _, next_state, _, k = carry
-        following = update(next_state)
-        return next_state, following, per_example_max_abs_difference(following, next_state), k + 1
+        state, _, k = carry
+        following = update(state)
+        return following, per_example_max_abs_difference(following, state), k + 1
 
-    residual0 = per_example_max_abs_difference(first, state0)
-    carry = (state0, first, residual0, jnp.asarray(0, jnp.int32))
-    state, _, residual, steps = jax.lax.while_loop(cond, body, carry)
+    first = update(state0)
+    carry = (first, per_example_max_abs_difference(first, state0), jnp.asarray(1, jnp.int32))
+    state, residual, steps = jax.lax.while_loop(cond, body, carry)
     return Equilibrium(
         state=state,
         num_steps=jnp.broadcast_to(steps, residual.shape),

@@ -49,7 +49,8 @@ def test_residual_of_returned_state_is_below_tol(solver):
         s = jax.tree.map(lambda a: a[i], eq.state)
         again = solver.update(lambda u: F(params, u, x[i], y[i], 0.3), s, model.bounds)
         recomputed = float(max_abs_difference(again, s))
-        assert recomputed == pytest.approx(float(eq.residual[i]), rel=1e-9, abs=1e-15)
+        # the reported residual is the last update; both updates contract, so it bounds the next
+        assert recomputed <= float(eq.residual[i]) * (1 + 1e-9) + 1e-15
         assert recomputed < 1e-6  # the solver's tol
 
 
@@ -70,17 +71,19 @@ def test_hitting_max_steps_is_reported():
     model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5)
     eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, 1e-12, 3), params, x)
     assert np.all(np.asarray(eq.num_steps) == 3)
+    zero = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, 1e-12, 0), params, x)
+    np.testing.assert_array_equal(np.asarray(zero.state[0]), 0.0)  # max_steps = 0: the start state
     assert not bool(eq.converged.any())
     assert bool((eq.residual >= 1e-12).all())
 
 
-def test_warm_start_from_an_equilibrium_takes_no_steps():
+def test_warm_start_from_an_equilibrium_takes_one_step():
     model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5, bias_scale=0.5)
     cost, solver = eqjax.costs.squared_error(), BlockCoordinate(1e-8, 200)
     eq = eqjax.relax(model, cost, solver, params, x)
     again = eqjax.relax(model, cost, solver, params, x, state0=eq.state)
-    assert np.all(np.asarray(again.num_steps) == 0)
-    assert float(max_abs_difference(again.state, eq.state)) == 0.0
+    assert np.all(np.asarray(again.num_steps) == 1)  # one update checks that nothing moves
+    assert float(max_abs_difference(again.state, eq.state)) < 1e-8
 
 
 def test_states_stay_in_their_box():

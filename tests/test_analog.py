@@ -1,0 +1,124 @@
+"""Resistive networks: equilibria against ngspice, EP against implicit differentiation, bad circuits."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import eqjax
+from eqjax.analog import check_circuit, read_operating_point, run_ngspice, to_spice
+from eqjax.estimators import EP, ImplicitDiff
+from conftest import relative_error
+from test_gradients import finite_difference_gradient
+
+if shutil.which("ngspice") is None and os.environ.get("CI"):
+    raise RuntimeError("ngspice is missing in CI: the Makefile's system-packages step should install it")
+needs_ngspice = pytest.mark.skipif(shutil.which("ngspice") is None, reason="ngspice not installed")
+
+SOLVER = eqjax.solvers.BlockCoordinate(tol=1e-14, max_steps=20_000)
+
+
+def random_network(seed, diode):
+    """A few dozen nodes: 3-6 inputs (doubled), one or two hidden layers of 4-10, 2-4 outputs."""
+    rng = np.random.default_rng(seed)
+    hidden = tuple(int(n) for n in rng.integers(4, 11, size=rng.integers(1, 3)))
+    sizes = (int(rng.integers(3, 7)),) + hidden + (int(rng.integers(2, 5)),)
+    # large enough voltages that Shockley diodes conduct (forward drops of 0.3-0.8 V)
+    model = eqjax.models.resistive(sizes, diode=diode, input_gain=8.0, bias_voltage=3.0)
+    params = model.init(jax.random.key(seed), jnp.float64)
+    # some resistors absent (zero conductance), as in a sparse crossbar
+    params["conductances"] = tuple(
+        g * (rng.random(g.shape) > 0.2) for g in params["conductances"]
+    )
+    x = jnp.asarray(rng.random((1, sizes[0])))
+    y = jnp.asarray(rng.integers(0, sizes[-1], size=1))
+    return model, params, x, y
+
+
+def spice_difference(model, params, x, y, beta):
+    cost = eqjax.costs.squared_error()
+    eq = eqjax.relax(model, cost, SOLVER, params, x, y if beta else None, beta)
+    assert bool(eq.converged.all())
+    netlist = to_spice(model, jax.tree.map(np.asarray, params), np.asarray(x[0]), int(y[0]), beta)
+    spice = read_operating_point(run_ngspice(netlist), model)
+    return max(float(np.max(np.abs(ours[0] - theirs))) for ours, theirs in zip(eq.state, spice))
+
+
+@needs_ngspice
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_linear_networks_match_ngspice(beta):
+    for seed in range(20):
+        model, params, x, y = random_network(seed, "none")
+        check_circuit(model, jax.tree.map(np.asarray, params))
+        # a linear circuit: both solve the same linear system, to round-off
+        assert spice_difference(model, params, x, y, beta) < 1e-6, seed
+
+
+@needs_ngspice
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_shockley_diode_networks_match_ngspice(beta):
+    conducting = 0
+    for seed in range(20):
+        model, params, x, y = random_network(100 + seed, "shockley")
+        # Same diode model (IS=1e-14, N=1, 27 C). ngspice's k/q constants (CODATA 2014) differ from
+        # ours (exact SI 2019) in the 7th digit, which moves diode voltages by ~1e-7 V.
+        assert spice_difference(model, params, x, y, beta) < 1e-6, seed
+        eq = eqjax.relax(model, eqjax.costs.squared_error(), SOLVER, params, x)
+        conducting += sum(int(np.sum(np.abs(np.asarray(s[0])) > 0.3)) for s in eq.state[:-1])
+    assert conducting > 20  # the diodes were really in forward conduction, not idle
+
+
+@pytest.mark.parametrize("diode", ["ideal", "shockley"])
+def test_ep_matches_implicit_differentiation(diode):
+    cost = eqjax.costs.squared_error()
+    for seed in range(3):
+        model = eqjax.models.resistive((5, 8, 3), diode=diode, input_gain=2.0)
+        params = model.init(jax.random.key(seed), jnp.float64)
+        x = jax.random.uniform(jax.random.key(10 + seed), (4, 5), jnp.float64)
+        y = jnp.array([0, 1, 2, 1])
+        implicit, _ = eqjax.gradients(model, cost, SOLVER, ImplicitDiff(), params, x, y)
+        ep, _ = eqjax.gradients(model, cost, SOLVER, EP(beta=1e-3, variant="centered"), params, x, y)
+        reference = finite_difference_gradient(model, cost, SOLVER, params, x, y)
+        assert relative_error(implicit, reference) < 1e-5  # central differences, h = 1e-5
+        assert relative_error(ep, implicit) < 1e-4  # O(beta^2) at beta = 1e-3
+        if diode == "ideal":
+            eq = eqjax.relax(model, cost, SOLVER, params, x)
+            assert int(sum(np.sum(np.asarray(s) == 0.0) for s in eq.state[:-1])) > 0  # active set used
+
+
+def test_block_coordinate_equals_gradient_descent_in_few_sweeps():
+    model = eqjax.models.resistive((6, 10, 4), diode="ideal")
+    params = model.init(jax.random.key(0), jnp.float64)
+    x = jax.random.uniform(jax.random.key(1), (8, 6), jnp.float64)
+    cost = eqjax.costs.squared_error()
+    bc = eqjax.relax(model, cost, eqjax.solvers.BlockCoordinate(1e-10, 500), params, x)
+    gd = eqjax.relax(model, cost, eqjax.solvers.GradientDescent(0.3, 1e-12, 50_000), params, x)
+    assert float(eqjax.solvers.max_abs_difference(bc.state, gd.state)) < 1e-9
+    assert int(bc.num_steps[0]) < 40 < int(gd.num_steps[0])  # exact coordinate descent
+
+
+def test_invalid_circuits():
+    model = eqjax.models.resistive((3, 4, 2), diode="shockley")
+    params = jax.tree.map(np.asarray, model.init(jax.random.key(0), jnp.float64))
+    negative = dict(params, conductances=(params["conductances"][0] * -1, params["conductances"][1]))
+    with pytest.raises(ValueError, match=r"negative conductances"):
+        to_spice(model, negative, np.full(3, 0.5))
+    floating = dict(
+        params,
+        conductances=(params["conductances"][0] * 0, params["conductances"][1] * 0),
+        bias_plus=tuple(np.zeros_like(b) for b in params["bias_plus"]),
+        bias_minus=tuple(np.zeros_like(b) for b in params["bias_minus"]),
+    )
+    with pytest.raises(ValueError, match=r"floating nodes .* layer 1"):
+        check_circuit(model, floating)
+    with pytest.raises(ValueError, match="x must be a finite array"):
+        to_spice(model, params, np.array([0.5, np.nan, 0.1]))
+    with pytest.raises(ValueError, match="x contains NaN"):
+        eqjax.relax(model, eqjax.costs.squared_error(), SOLVER, params, jnp.array([[0.5, jnp.nan, 0.1]]))
+    with pytest.raises(ValueError, match="ideal diodes have no SPICE element"):
+        to_spice(eqjax.models.resistive((3, 4, 2)), params, np.full(3, 0.5))
+    with pytest.raises(ValueError, match="diode must be one of"):
+        eqjax.models.resistive((3, 2), diode="zener")
