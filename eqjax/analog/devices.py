@@ -1,1 +1,161 @@
-"""placeholder"""
+"""Memristor device models as optax transformations.
+
+Chain them after an optimizer, e.g. ``optax.chain(optax.sgd(0.01), memristor(...))``: the
+optimizer proposes an update ``u`` (already scaled, the amount to add to each conductance) and the
+device turns it into what a crossbar can actually write. Every transformation here needs
+``params`` (the current conductances) in ``update``; all parameters of the pytree are treated as
+conductances in siemens (wrap with ``optax.masked`` to limit them to some leaves).
+
+Physical picture (e.g. Burr et al. 2017; the nonlinear model of Chen et al. 2015 "NeuroSim"):
+
+- a conductance lives in ``[g_min, g_max]`` and changes by whole programming pulses;
+- a pulse's effect depends on the present conductance (nonlinear) and differs between
+  potentiation and depression (asymmetric);
+- each write is noisy (cycle-to-cycle), each device has its own gain (device-to-device);
+- reading a conductance is noisy too (:func:`read_noise`, used in the forward pass).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _check_range(g_min, g_max):
+    if not (0 <= g_min < g_max):
+        raise ValueError(f"need 0 <= g_min < g_max, got g_min={g_min}, g_max={g_max}")
+
+
+def _require_params(params):
+    if params is None:
+        raise ValueError("memristor transformations need the current conductances: pass params "
+                         "to update() (optax.chain forwards them)")
+
+
+def conductance_bounds(g_min: float = 0.0, g_max: float = jnp.inf) -> optax.GradientTransformation:
+    """Clip the written conductance to ``[g_min, g_max]``: ``u <- clip(g + u) - g``.
+
+    With ``g_min = 0`` conductances never go negative, whatever the estimator proposes.
+    """
+    if not (0 <= g_min < g_max):
+        raise ValueError(f"need 0 <= g_min < g_max, got g_min={g_min}, g_max={g_max}")
+
+    def update(updates, state, params=None):
+        _require_params(params)
+        return jax.tree.map(lambda u, g: jnp.clip(g + u, g_min, g_max) - g, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def pulse_quantization(g_min: float, g_max: float, num_levels: int) -> optax.GradientTransformation:
+    """Round each update to a whole number of pulses of size ``(g_max - g_min) / (num_levels - 1)``
+    (a device with ``num_levels`` distinguishable conductances). Updates smaller than half a
+    pulse are lost, as on hardware."""
+    _check_range(g_min, g_max)
+    if int(num_levels) != num_levels or num_levels < 2:
+        raise ValueError(f"num_levels must be an integer >= 2, got {num_levels}")
+    step = (g_max - g_min) / (num_levels - 1)
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u: jnp.round(u / step) * step, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def nonlinear_response(g_min: float, g_max: float, potentiation: float = 0.0,
+                       depression: float = 0.0) -> optax.GradientTransformation:
+    """Scale each update by the device's state-dependent pulse efficiency.
+
+    Potentiation (``u > 0``) is damped as the conductance approaches ``g_max``:
+    ``exp(-potentiation * (g - g_min) / (g_max - g_min))``; depression (``u < 0``) as it approaches
+    ``g_min``: ``exp(-depression * (g_max - g) / (g_max - g_min))``. Zero coefficients give a
+    linear device; different ones an asymmetric device.
+    """
+    _check_range(g_min, g_max)
+    span = g_max - g_min
+
+    def scale(u, g):
+        up = jnp.exp(-potentiation * (g - g_min) / span)
+        down = jnp.exp(-depression * (g_max - g) / span)
+        return u * jnp.where(u > 0, up, down)
+
+    def update(updates, state, params=None):
+        _require_params(params)
+        return jax.tree.map(scale, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+class NoiseState(NamedTuple):
+    key: jax.Array
+
+
+def write_noise(std: float, seed: int = 0) -> optax.GradientTransformation:
+    """Cycle-to-cycle write noise: ``u <- u * (1 + std * N(0, 1))``, fresh for every write."""
+    if std < 0:
+        raise ValueError(f"std must be non-negative, got {std}")
+
+    def init(params):
+        return NoiseState(key=jax.random.key(seed))
+
+    def update(updates, state, params=None):
+        key, sub = jax.random.split(state.key)
+        leaves, treedef = jax.tree.flatten(updates)
+        keys = jax.random.split(sub, len(leaves))
+        noisy = [u * (1 + std * jax.random.normal(k, u.shape, u.dtype)) for u, k in zip(leaves, keys)]
+        return jax.tree.unflatten(treedef, noisy), NoiseState(key=key)
+
+    return optax.GradientTransformation(init, update)
+
+
+class VariationState(NamedTuple):
+    gains: optax.Updates
+
+
+def device_variation(std: float, seed: int = 0) -> optax.GradientTransformation:
+    """Device-to-device variation: each device's updates are multiplied by its own gain
+    ``max(0, 1 + std * N(0, 1))``, drawn once at ``init`` and kept in the state."""
+    if std < 0:
+        raise ValueError(f"std must be non-negative, got {std}")
+
+    def init(params):
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        gains = [jnp.maximum(0.0, 1 + std * jax.random.normal(k, p.shape, p.dtype))
+                 for p, k in zip(leaves, keys)]
+        return VariationState(gains=jax.tree.unflatten(treedef, gains))
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, a: u * a, updates, state.gains), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def memristor(g_min: float, g_max: float, num_levels: int | None = None, potentiation: float = 0.0,
+              depression: float = 0.0, write_std: float = 0.0, device_std: float = 0.0,
+              seed: int = 0) -> optax.GradientTransformation:
+    """A whole device model: pulses (quantization), nonlinear asymmetric response, device-to-device
+    and cycle-to-cycle variation, then the conductance range. Chain it after an optimizer."""
+    parts = []
+    if num_levels is not None:
+        parts.append(pulse_quantization(g_min, g_max, num_levels))
+    if potentiation or depression:
+        parts.append(nonlinear_response(g_min, g_max, potentiation, depression))
+    if device_std:
+        parts.append(device_variation(device_std, seed))
+    if write_std:
+        parts.append(write_noise(write_std, seed + 1))
+    parts.append(conductance_bounds(g_min, g_max))
+    return optax.chain(*parts)
+
+
+def read_noise(params, key: jax.Array, std: float):
+    """Conductances as read in one forward pass: ``g * (1 + std * N(0, 1))``, clipped at 0."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [jnp.maximum(0.0, g * (1 + std * jax.random.normal(k, g.shape, g.dtype)))
+             for g, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
