@@ -42,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
     parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk / checkpoint")
     parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, VALUE in JSON (e.g. --set warm_start=false)")
     parser.add_argument("--stop-after-chunks", type=int, help=argparse.SUPPRESS)  # for resume tests
     return parser.parse_args(argv)
 
@@ -122,7 +124,13 @@ def main(argv=None):
         config = json.loads((run_dir / "config.json").read_text())
         config["epochs"] = args.epochs or config["epochs"]
     else:
-        config = dict(configs.CONFIGS[args.model], model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
+        config = dict(configs.CONFIGS[args.model])
+        for item in args.set:
+            key, _, value = item.partition("=")
+            if key not in config:
+                raise SystemExit(f"--set {item}: {args.model} has no entry {key!r} (has {sorted(config)})")
+            config[key] = json.loads(value)
+        config = dict(config, model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
                       chunk=args.chunk, jax_version=jax.__version__, backend=jax.default_backend())
         run_dir = args.runs_dir / f"{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,111 @@
+"""Accuracy of EP training through memristor device models: versus the number of conductance
+levels and versus cycle-to-cycle write noise.
+
+    python experiments/devices.py [--dataset mnist] [--train-limit 10000] [--epochs 2]
+
+Trains the `drn-xs` configuration (resistive 2x784-100-10, centered EP) once per device setting,
+with the device model of `eqjax.analog.devices.memristor` chained after the optimizer, and writes
+`runs/devices-<time>/results.json` and `devices.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import configs  # noqa: E402
+
+import eqjax  # noqa: E402
+from eqjax.analog import devices  # noqa: E402
+
+G_MAX = 0.2  # siemens: range of the simulated devices (initial conductances are below 0.03 S)
+
+
+def train_and_test(config, device, data, epochs, seed):
+    x, y, x_test, y_test = data
+    model, cost, solver, estimator, _ = configs.build(config)
+    schedule = optax.exponential_decay(config["learning_rate"], config["batches_per_epoch"], config["decay"], staircase=True)
+    optimizer = optax.chain(optax.adam(schedule), device)
+    params = model.init(jax.random.key(seed))
+    opt_state = optimizer.init(params)
+    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, solver, estimator, optimizer)))
+    batch = config["batch_size"]
+    n = (len(x) // batch) * batch
+    for e in range(epochs):
+        order = jax.random.permutation(jax.random.key(seed * 1000 + e), n)
+        params, opt_state, _ = epoch(params, opt_state, x[order].reshape(-1, batch, x.shape[1]),
+                                     y[order].reshape(-1, batch))
+    aux = eqjax.evaluate(model, cost, solver, params, x_test, y_test)
+    return float(jnp.mean(aux["accuracy"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--train-limit", type=int, default=10_000)
+    parser.add_argument("--test-limit", type=int, default=2_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256, 1024])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 1.0])
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    args = parser.parse_args()
+
+    def load(split, limit):
+        images, labels = eqjax.data.load(args.dataset, split)
+        return jnp.asarray(images[:limit].reshape(limit, -1), jnp.float32) / 255.0, jnp.asarray(labels[:limit])
+
+    data = (*load("train", args.train_limit), *load("test", args.test_limit))
+    config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
+    settings = [("ideal", None, 0.0)] + [("levels", L, 0.0) for L in args.levels] + \
+               [("noise", 256, s) for s in args.noise]
+    results = []
+    for kind, levels, noise in tqdm(settings, desc="device settings"):
+        device = (devices.conductance_bounds(0.0) if kind == "ideal" else
+                  devices.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
+                                    write_std=noise, seed=args.seed))
+        start = time.time()
+        accuracy = train_and_test(config, device, data, args.epochs, args.seed)
+        results.append({"kind": kind, "levels": levels, "write_std": noise, "test_error": 1 - accuracy,
+                        "seconds": time.time() - start})
+        print(json.dumps(results[-1]), flush=True)
+
+    run_dir = args.runs_dir / f"devices-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                      "g_max": G_MAX, "results": results}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ideal = 100 * results[0]["test_error"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    by_levels = [r for r in results if r["kind"] == "levels"]
+    left.semilogx([r["levels"] for r in by_levels], [100 * r["test_error"] for r in by_levels], "o-", base=2)
+    left.axhline(ideal, color="gray", ls="--", label="ideal (continuous) conductances")
+    left.set(xlabel="conductance levels", ylabel="test error (%)", title="pulses: nonlinear 0.5/0.5")
+    left.legend()
+    by_noise = [r for r in results if r["kind"] == "noise"]
+    right.plot([r["write_std"] for r in by_noise], [100 * r["test_error"] for r in by_noise], "o-")
+    right.axhline(ideal, color="gray", ls="--")
+    right.set(xlabel="write noise (relative std per write)", title="256 levels")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
+    fig.tight_layout()
+    fig.savefig(run_dir / "devices.png", dpi=120)
+    print(f"wrote {run_dir}/results.json and devices.png")
+
+
+if __name__ == "__main__":
+    main()
