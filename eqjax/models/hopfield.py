@@ -26,8 +26,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
+
+from eqjax.models._layered import Layered, checked_sizes
 
 ENERGIES = ("bilinear", "scellier-bengio", "smooth")
 
@@ -58,7 +59,7 @@ _BOUNDS = {"bilinear": (0.0, 1.0), "scellier-bengio": (0.0, 1.0), "smooth": (-ma
 
 
 @struct.dataclass
-class Hopfield:
+class Hopfield(Layered):
     """A layered Hopfield energy model. Build it with :func:`hopfield`.
 
     All fields are static (they decide shapes and control flow); the model holds no arrays, so it
@@ -69,14 +70,6 @@ class Hopfield:
     kind: str = struct.field(pytree_node=False, default="bilinear")
     gain: float = struct.field(pytree_node=False, default=1.0)
     output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
-
-    @property
-    def num_inputs(self) -> int:
-        return self.sizes[0]
-
-    @property
-    def num_outputs(self) -> int:
-        return self.sizes[-1]
 
     @property
     def bounds(self) -> tuple[tuple[float, float], ...]:
@@ -167,10 +160,7 @@ def hopfield(
         ``(-inf, inf)`` for linear output units (as in deep resistive networks), which keeps the
         true gradient alive for outputs that would otherwise be pinned at a bound.
     """
-    sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in sizes):
-        raise ValueError(f"sizes must be at least two positive integers, got {sizes!r}")
-    sizes = tuple(int(n) for n in sizes)
+    sizes = checked_sizes(sizes)
     if energy not in ENERGIES:
         raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
     if not gain > 0:

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from eqjax.models._layered import Layered, checked_sizes
+
 BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
 SPICE_TEMPERATURE = 300.15  # K: SPICE's default TNOM of 27 degrees Celsius
@@ -41,7 +43,7 @@ THERMAL_VOLTAGE = BOLTZMANN * SPICE_TEMPERATURE / ELEMENTARY_CHARGE  # about 25.
 
 
 @struct.dataclass
-class Resistive:
+class Resistive(Layered):
     """A layered resistive network with diode units. Build it with :func:`resistive`; all fields
     are static."""
 
@@ -52,14 +54,6 @@ class Resistive:
     saturation_current: float = struct.field(pytree_node=False, default=1e-14)
     emission_coefficient: float = struct.field(pytree_node=False, default=1.0)
     init_scale: float = struct.field(pytree_node=False, default=1.0)
-
-    @property
-    def num_inputs(self) -> int:
-        return self.sizes[0]
-
-    @property
-    def num_outputs(self) -> int:
-        return self.sizes[-1]
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -154,9 +148,7 @@ def resistive(
         (a linear network).
       init_scale: total input conductance a node sees at initialisation, in siemens.
     """
-    sizes = tuple(sizes)
-    if len(sizes) < 2 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in sizes):
-        raise ValueError(f"sizes must be at least two positive integers, got {sizes!r}")
+    sizes = checked_sizes(sizes)
     if diode not in DIODES:
         raise ValueError(f"diode must be one of {DIODES}, got {diode!r}")
     for name, value in (("input_gain", input_gain), ("saturation_current", saturation_current),
@@ -164,7 +156,7 @@ def resistive(
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     return Resistive(
-        sizes=tuple(int(n) for n in sizes), input_gain=float(input_gain),
+        sizes=sizes, input_gain=float(input_gain),
         bias_voltage=float(bias_voltage), diode=diode, saturation_current=float(saturation_current),
         emission_coefficient=float(emission_coefficient), init_scale=float(init_scale),
     )
