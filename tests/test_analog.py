@@ -25,12 +25,13 @@ SOLVER = eqjax.solvers.BlockCoordinate(tol=1e-14, max_steps=20_000)
 SHAPES = ((3, 8, 2), (5, 10, 4), (4, 6, 6, 3), (6, 10, 8, 4))
 
 
-def random_network(seed, diode):
-    """Random conductances (some absent), input and label on one of the SHAPES."""
+def random_network(seed, diode, amplifier_gain=None, shapes=SHAPES):
+    """Random conductances (some absent), input and label on one of the shapes."""
     rng = np.random.default_rng(seed)
-    sizes = SHAPES[seed % len(SHAPES)]
+    sizes = shapes[seed % len(shapes)]
     # large enough voltages that Shockley diodes conduct (forward drops of 0.3-0.8 V)
-    model = eqjax.models.resistive(sizes, diode=diode, input_gain=8.0, bias_voltage=3.0)
+    model = eqjax.models.resistive(sizes, diode=diode, input_gain=8.0, bias_voltage=3.0,
+                                   amplifier_gain=amplifier_gain)
     params = model.init(jax.random.key(seed), jnp.float64)
     # some resistors absent (zero conductance), as in a sparse crossbar
     params["conductances"] = tuple(
@@ -74,11 +75,24 @@ def test_shockley_diode_networks_match_ngspice(beta):
     assert conducting > 20  # the diodes were really in forward conduction, not idle
 
 
+@needs_ngspice
+@pytest.mark.parametrize("diode", ["none", "shockley"])
+def test_networks_with_bidirectional_amplifiers_match_ngspice(diode):
+    # amplifiers between hidden layers: VCVS forward, CCCS backward (current gain = voltage gain)
+    deep = tuple(shape for shape in SHAPES if len(shape) > 3)
+    for seed in range(6):
+        model, params, x, y = random_network(200 + seed, diode, amplifier_gain=2.5, shapes=deep)
+        for beta in (0.0, 0.5):
+            assert spice_difference(model, params, x, y, beta) < 1e-6, (seed, beta)
+
+
 @pytest.mark.parametrize("diode", ["ideal", "shockley"])
 def test_ep_matches_implicit_differentiation(diode):
     cost = eqjax.costs.squared_error()
     for seed in range(3):
-        model = eqjax.models.resistive((5, 8, 3), diode=diode, input_gain=2.0)
+        # the last seed adds a second hidden layer behind bidirectional amplifiers
+        sizes, gain = ((5, 8, 3), None) if seed < 2 else ((5, 6, 6, 3), 2.0)
+        model = eqjax.models.resistive(sizes, diode=diode, input_gain=2.0, amplifier_gain=gain)
         params = model.init(jax.random.key(seed), jnp.float64)
         x = jax.random.uniform(jax.random.key(10 + seed), (4, 5), jnp.float64)
         y = jnp.array([0, 1, 2, 1])

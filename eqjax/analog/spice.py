@@ -2,7 +2,8 @@
 equilibria against a real circuit simulator.
 
 Node names: ``in<k>`` (input sources), ``n<l>_<j>`` (node ``j`` of free layer ``l``, from 1),
-``vbp``/``vbn`` (bias sources at ``+/-bias_voltage``). Resistors of zero conductance are left out.
+``vbp``/``vbn`` (bias sources at ``+/-bias_voltage``), ``a_<node>`` (an amplifier's output).
+Resistors of zero conductance are left out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ DIODE_MODEL = "DEQJAX"
 
 def _fmt(value: float) -> str:
     return f"{float(value):.17g}"
+
+
+def _amplifier(lines: list, node: str, gain: float) -> str:
+    """A bidirectional amplifier on ``node``: a VCVS drives ``a_<node>`` at ``gain * V(node)``, a 0 V
+    source senses its output current and a CCCS draws ``gain`` times that current from ``node``.
+    Returns the output node."""
+    out = f"a_{node}"
+    lines += [f"Eamp_{node} {out}_raw 0 {node} 0 {_fmt(gain)}", f"Vsense_{node} {out}_raw {out} DC 0",
+              f"Famp_{node} {node} 0 Vsense_{node} {_fmt(gain)}"]
+    return out
 
 
 def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax resistive network") -> str:
@@ -53,8 +64,11 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
     names = [[f"in{k}" for k in range(len(inputs))]]
     names += [[f"n{l + 1}_{j}" for j in range(n)] for l, n in enumerate(model.sizes[1:])]
     for l, g in enumerate(params["conductances"]):
+        sources = names[l]
+        if l > 0 and model.amplifier_gain is not None:
+            sources = [_amplifier(lines, node, model.amplifier_gain) for node in names[l]]
         for i, j in zip(*np.nonzero(np.asarray(g))):
-            lines.append(f"R{l + 1}_{i}_{j} {names[l][i]} {names[l + 1][j]} {_fmt(1.0 / g[i, j])}")
+            lines.append(f"R{l + 1}_{i}_{j} {sources[i]} {names[l + 1][j]} {_fmt(1.0 / g[i, j])}")
     for l, (gp, gm) in enumerate(zip(params["bias_plus"], params["bias_minus"])):
         for j, (a, b) in enumerate(zip(np.asarray(gp), np.asarray(gm))):
             if a > 0:

@@ -16,6 +16,11 @@ output layer is linear. The energy is quadratic in each layer with no intra-laye
 :class:`~eqjax.solvers.BlockCoordinate` is exact coordinate descent for ideal diodes: each node
 settles at the conductance-weighted average of its neighbours, clipped by its diode.
 
+Bidirectional amplifiers (``amplifier_gain = A``) sit between free layers: the resistors from
+layer ``l`` to ``l + 1`` see ``A V_l`` (forward voltage gain) and the amplifier draws ``A`` times its
+output current from ``V_l`` (backward current gain), so the circuit still minimises the energy with
+``V_{l-1, i}`` replaced by ``A V_{l-1, i}`` in those terms (Scellier et al. 2024).
+
 Shockley diode ``I(V) = I_s (exp(V / (n V_T)) - 1)`` (current from anode to cathode for the
 voltage ``V`` across it) has co-content ``D(V) = I_s (n V_T (exp(V / (n V_T)) - 1) - V)``.
 
@@ -54,6 +59,7 @@ class Resistive(Layered):
     saturation_current: float = struct.field(pytree_node=False, default=1e-14)
     emission_coefficient: float = struct.field(pytree_node=False, default=1.0)
     init_scale: float = struct.field(pytree_node=False, default=1.0)
+    amplifier_gain: float | None = struct.field(pytree_node=False, default=None)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -108,6 +114,8 @@ class Resistive(Layered):
         total = 0.0
         for l, g in enumerate(params["conductances"]):
             a, b = voltages[l], voltages[l + 1]
+            if l > 0 and self.amplifier_gain is not None:
+                a = self.amplifier_gain * a  # the resistors see the amplifier's output
             total += 0.5 * (jnp.vdot(a * a, g.sum(axis=1)) + jnp.vdot(b * b, g.sum(axis=0))) - a @ g @ b
         vb = self.bias_voltage
         for v, gp, gm in zip(state, params["bias_plus"], params["bias_minus"]):
@@ -136,6 +144,7 @@ def resistive(
     saturation_current: float = 1e-14,
     emission_coefficient: float = 1.0,
     init_scale: float = 1.0,
+    amplifier_gain: float | None = None,
 ) -> Resistive:
     """A deep resistive network (Scellier et al. 2024).
 
@@ -147,16 +156,19 @@ def resistive(
         ``D(IS=saturation_current, N=emission_coefficient)`` at 27 degrees Celsius) or ``"none"``
         (a linear network).
       init_scale: total input conductance a node sees at initialisation, in siemens.
+      amplifier_gain: gain of bidirectional amplifiers between free layers (``None``: none).
     """
     sizes = checked_sizes(sizes)
     if diode not in DIODES:
         raise ValueError(f"diode must be one of {DIODES}, got {diode!r}")
     for name, value in (("input_gain", input_gain), ("saturation_current", saturation_current),
-                        ("emission_coefficient", emission_coefficient), ("init_scale", init_scale)):
+                        ("emission_coefficient", emission_coefficient), ("init_scale", init_scale),
+                        ("amplifier_gain", 1.0 if amplifier_gain is None else amplifier_gain)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     return Resistive(
         sizes=sizes, input_gain=float(input_gain),
         bias_voltage=float(bias_voltage), diode=diode, saturation_current=float(saturation_current),
         emission_coefficient=float(emission_coefficient), init_scale=float(init_scale),
+        amplifier_gain=None if amplifier_gain is None else float(amplifier_gain),
     )
