@@ -65,7 +65,13 @@ def atomic_write_bytes(path: Path, data: bytes):
     os.replace(tmp, path)
 
 
-def test_error(model, cost, solver, params, x, y, batch=2000):
+def save_checkpoint(path: Path, params, opt_state, state, position):
+    """Everything a resume needs, flax-serialized and written atomically."""
+    blob = {"params": params, "opt_state": opt_state, "state": state, "position": position}
+    atomic_write_bytes(path, serialization.to_bytes(blob))
+
+
+def evaluate_error(model, cost, solver, params, x, y, batch=2000):
     wrong = 0
     for i in range(0, len(x), batch):
         aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch])
@@ -188,9 +194,7 @@ def main(argv=None):
                           "train_error": 1 - summary["accuracy"],
                           **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
                 position = {"epoch": epoch, "batch": last}
-                blob = serialization.to_bytes({"params": params, "opt_state": opt_state, "state": state,
-                                               "position": position})
-                atomic_write_bytes(checkpoint, blob)
+                save_checkpoint(checkpoint, params, opt_state, state, position)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.update(last - first)
@@ -203,7 +207,7 @@ def main(argv=None):
                     return run_dir
             bar.close()
             train_time = time.time() - start_time
-            error = test_error(model, cost, eval_solver, params, x_test, y_test)
+            error = evaluate_error(model, cost, eval_solver, params, x_test, y_test)
             epoch_chunks = [r for r in read_records(metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
             train_error = float(np.mean([r["train_error"] for r in epoch_chunks]))
             record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
@@ -213,8 +217,7 @@ def main(argv=None):
             print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running), test error "
                   f"{100 * error:.2f}%, {train_time:.1f} s")
             position = {"epoch": epoch + 1, "batch": 0}
-            atomic_write_bytes(checkpoint, serialization.to_bytes(
-                {"params": params, "opt_state": opt_state, "state": state, "position": position}))
+            save_checkpoint(checkpoint, params, opt_state, state, position)
             plot_curve(run_dir, read_records(metrics_path))
     final = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
     if final:
