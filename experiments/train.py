@@ -1,6 +1,6 @@
 """Train an EP model on MNIST / Fashion-MNIST: the main job behind `make train`.
 
-    python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 1] [--seed 0]
+    python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 5] [--seed 0]
     python experiments/train.py --resume runs/<run>      # continue exactly where it stopped
 
 Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
