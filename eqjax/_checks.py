@@ -2,7 +2,8 @@
 
 Checks that need values (finiteness, label range, ``beta != 0``) run only on concrete arrays; under
 ``jax.jit`` or ``jax.vmap`` they are skipped and the caller validates the data once up front with
-:func:`check_batch` (the training scripts do).
+:func:`check_inputs` and :func:`check_params` (``eqjax.check_inputs``, ``eqjax.check_params``), as
+the training script does.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def main(argv=None):
     if not args.resume:
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     model, cost, solver, estimator, optimizer = configs.build(config)
-    eqjax._checks.check_inputs(model, x_train, y_train)
+    eqjax.check_inputs(model, x_train, y_train)
 
     params = model.init(jax.random.key(config["seed"]))
     opt_state = optimizer.init(params)
