@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml requirements-data.txt
 	touch $(STAMP)
 
 # System packages from Debian, installed when missing and we are root: the Fashion-MNIST data set
-# and ngspice (the circuit simulator the analog tests check equilibria against).
+# (training and tests) and ngspice (the circuit simulator the analog tests check equilibria against).
+NEED_NGSPICE ?= 1
 system-packages:
 	@missing=""; \
 	[ -d $(FASHION_DIR) ] || missing="$$missing dataset-fashion-mnist"; \
-	command -v ngspice >/dev/null || missing="$$missing ngspice"; \
+	[ "$(NEED_NGSPICE)" = 0 ] || command -v ngspice >/dev/null || missing="$$missing ngspice"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -32,6 +33,7 @@ system-packages:
 	  else echo "note: missing Debian packages:$$missing (run 'apt-get install$$missing' as root)"; fi; \
 	fi
 
+train: NEED_NGSPICE = 0
 train: $(STAMP) system-packages
 	$(PY) experiments/train.py $(ARGS)
 
