@@ -81,6 +81,7 @@ class EP:
             check_beta(self.beta)
 
     def estimate(self, model, cost, solver, params, x, y, state0=None):
+        """Free phase from ``state0`` (zeros if ``None``), then the nudged phase(s); see the class."""
         drive = input_drive_batch(model, params, x)  # shared by all phases
         free = relax_batch(model, cost, solver, params, x, None, 0.0, state0, drive)
         start = jax.lax.stop_gradient(free.state) if self.warm_start else None
@@ -161,6 +162,7 @@ class ImplicitDiff:
         return unravel(solution), jnp.linalg.norm(matvec(solution) - rhs) / scale
 
     def estimate(self, model, cost, solver, params, x, y, state0=None):
+        """Relax the free phase with ``solver``, then solve the adjoint system per example."""
         free = relax_batch(model, cost, solver, params, x, None, 0.0, state0)
         state = jax.lax.stop_gradient(free.state)
         adjoint, solve_residual = jax.vmap(self._adjoint, in_axes=(None, None, None, 0, 0, 0))(
@@ -192,6 +194,7 @@ class BPTT:
     num_steps: int = struct.field(pytree_node=False, default=100)
 
     def estimate(self, model, cost, solver, params, x, y, state0=None):
+        """Unroll ``solver.update`` ``num_steps`` times per example and differentiate the loss."""
         F = total_energy(model, cost)
 
         def relax_one(p, x_i, s0_i):

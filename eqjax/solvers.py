@@ -119,10 +119,12 @@ class GradientDescent:
             raise ValueError(f"step_size must be positive, got {self.step_size!r}")
 
     def update(self, F: Callable, state: tuple, bounds) -> tuple:
+        """One projected gradient step on ``F`` (any state pytree, one example or a batch)."""
         grad = jax.grad(F)(state)
         return project(tuple(s - self.step_size * g for s, g in zip(state, grad)), bounds)
 
     def solve(self, F: Callable, state0: tuple, bounds) -> Equilibrium:
+        """Iterate :meth:`update` from ``state0`` (see :func:`iterate`)."""
         return iterate(lambda s: self.update(F, s, bounds), state0, self.tol, self.max_steps)
 
 
@@ -173,6 +175,7 @@ class BlockCoordinate:
         _check_max_steps(self.max_steps)
 
     def update(self, F: Callable, state: tuple, bounds) -> tuple:
+        """One sweep: the even layers, then the odd layers, each minimised exactly."""
         num_layers = len(state)
         even = tuple(i for i in range(num_layers) if (i + 1) % 2 == 0)
         odd = tuple(i for i in range(num_layers) if (i + 1) % 2 == 1)
@@ -182,6 +185,7 @@ class BlockCoordinate:
         return state
 
     def solve(self, F: Callable, state0: tuple, bounds) -> Equilibrium:
+        """Iterate :meth:`update` from ``state0`` (see :func:`iterate`)."""
         return iterate(lambda s: self.update(F, s, bounds), state0, self.tol, self.max_steps)
 
 

@@ -90,6 +90,8 @@ def nonlinear_response(g_min: float, g_max: float, potentiation: float = 0.0,
 
 
 class NoiseState(NamedTuple):
+    """PRNG key of :func:`write_noise`, split at every update."""
+
     key: jax.Array
 
 
@@ -112,6 +114,8 @@ def write_noise(std: float, seed: int = 0) -> optax.GradientTransformation:
 
 
 class VariationState(NamedTuple):
+    """Per-device gains of :func:`device_variation`, fixed at ``init``."""
+
     gains: optax.Updates
 
 

@@ -12,10 +12,12 @@ class Layered:
 
     @property
     def num_inputs(self) -> int:
+        """``n_in``: features of one input example."""
         return self.sizes[0]
 
     @property
     def num_outputs(self) -> int:
+        """``n_out``: output units (classes)."""
         return self.sizes[-1]
 
 
