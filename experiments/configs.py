@@ -13,7 +13,7 @@ CONFIGS = {
     "dhn-1h": dict(sizes=[784, 1024, 10], energy="bilinear", gain=0.7, cost="squared_error",
                    solver="block_coordinate", tol=1e-4, free_steps=15,
                    beta=0.2, variant="centered", batch_size=16, learning_rate=0.05,
-                   decay=0.99, warm_start=True),
+                   decay=0.99, warm_start=True, output_bounds=None),
     # Deeper nets: with gain 0.7 the 1024x1024 interaction has spectral norm above 1 at
     # initialisation and the relaxation does not converge (90% error after one epoch here); gains
     # 0.5 (2H) and 0.4 (3H) learn. ANCHORS.md gives 0.7 for DHN-1H only.
@@ -56,7 +56,9 @@ def build(config: dict):
     if config.get("family") == "resistive":
         model = eqjax.models.resistive(tuple(config["sizes"]), input_gain=config["input_gain"])
     else:
-        model = eqjax.models.hopfield(tuple(config["sizes"]), energy=config["energy"], gain=config["gain"])
+        bounds = config.get("output_bounds")  # e.g. [-1e30, 1e30] for linear output units
+        model = eqjax.models.hopfield(tuple(config["sizes"]), energy=config["energy"], gain=config["gain"],
+                                      output_bounds=None if bounds is None else tuple(bounds))
     cost = {"squared_error": eqjax.costs.squared_error(),
             "squared_error_full": eqjax.costs.squared_error(half=False),
             "cross_entropy": eqjax.costs.cross_entropy()}[config["cost"]]
