@@ -63,19 +63,15 @@ def bench_ep(name, chunk_batches, repeats):
     import jax.numpy as jnp
 
     import configs
-    import eqjax
 
     x, y = mnist_on_device()
     config = dict(configs.CONFIGS[name], batches_per_epoch=EPOCH_EXAMPLES // configs.CONFIGS[name]["batch_size"])
     model, cost, solver, estimator, optimizer = configs.build(config)
     batch = config["batch_size"]
-    chunk = jax.jit(eqjax.train_chunk(
-        model, cost, solver, estimator, optimizer, warm_start=config.get("warm_start", False),
-        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)))
+    chunk = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
     params = model.init(jax.random.key(0))
     opt_state = optimizer.init(params)
-    rows = len(x) if config.get("persistent", False) else batch
-    state = tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
+    state = configs.initial_state(config, model, len(x))
     times, steps = [], []
     for first, last in chunk_plan(batch, chunk_batches, repeats):
         index = jnp.arange(first, last).reshape(chunk_batches, batch)

@@ -21,6 +21,7 @@ __all__ = [
     "models",
     "relax",
     "solvers",
+    "synthetic",
     "summarize",
     "train_chunk",
     "train_epoch",

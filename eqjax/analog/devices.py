@@ -40,8 +40,7 @@ def conductance_bounds(g_min: float = 0.0, g_max: float = jnp.inf) -> optax.Grad
 
     With ``g_min = 0`` conductances never go negative, whatever the estimator proposes.
     """
-    if not (0 <= g_min < g_max):
-        raise ValueError(f"need 0 <= g_min < g_max, got g_min={g_min}, g_max={g_max}")
+    _check_range(g_min, g_max)
 
     def update(updates, state, params=None):
         _require_params(params)
