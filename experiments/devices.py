@@ -27,14 +27,15 @@ import configs  # noqa: E402
 import eqjax  # noqa: E402
 from eqjax.analog import devices  # noqa: E402
 
-G_MAX = 0.2  # siemens: range of the simulated devices (initial conductances are below 0.03 S)
+G_MAX = 0.2  # siemens: range of the simulated devices (initial conductances are below 0.1 S)
 
 
 def train_and_test(config, device, data, epochs, seed):
     x, y, x_test, y_test = data
     model, cost, solver, estimator, _ = configs.build(config)
     schedule = optax.exponential_decay(config["learning_rate"], config["batches_per_epoch"], config["decay"], staircase=True)
-    optimizer = optax.chain(optax.adam(schedule), device)
+    # the device writes conductances; bias currents (programmable current sources) take the update as is
+    optimizer = optax.chain(optax.sgd(schedule), optax.masked(device, eqjax.models.conductance_mask))
     params = model.init(jax.random.key(seed))
     opt_state = optimizer.init(params)
     epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, solver, estimator, optimizer)))

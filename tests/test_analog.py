@@ -6,6 +6,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import eqjax
@@ -25,14 +26,17 @@ SOLVER = eqjax.solvers.BlockCoordinate(tol=1e-14, max_steps=20_000)
 SHAPES = ((3, 8, 2), (5, 10, 4), (4, 6, 6, 3), (6, 10, 8, 4))
 
 
-def random_network(seed, diode, amplifier_gain=None, shapes=SHAPES):
-    """Random conductances (some absent), input and label on one of the shapes."""
+def random_network(seed, diode, amplifier_gain=None, shapes=SHAPES, bias="conductance"):
+    """Random conductances (some absent), input and label on one of the shapes; with
+    ``bias="current"``, random bias currents of either sign (about 1 A against about 1 S per node)."""
     rng = np.random.default_rng(seed)
     sizes = shapes[seed % len(shapes)]
     # large enough voltages that Shockley diodes conduct (forward drops of 0.3-0.8 V)
     model = eqjax.models.resistive(sizes, diode=diode, input_gain=8.0, bias_voltage=3.0,
-                                   amplifier_gain=amplifier_gain)
+                                   amplifier_gain=amplifier_gain, bias=bias)
     params = model.init(jax.random.key(seed), jnp.float64)
+    if bias == "current":
+        params["bias_currents"] = tuple(jnp.asarray(rng.normal(size=i.shape)) for i in params["bias_currents"])
     # some resistors absent (zero conductance), as in a sparse crossbar
     params["conductances"] = tuple(
         g * (rng.random(g.shape) > 0.2) for g in params["conductances"]
@@ -59,6 +63,16 @@ def test_linear_networks_match_ngspice(beta):
         check_circuit(model, jax.tree.map(np.asarray, params))
         # a linear circuit: both solve the same linear system, to round-off
         assert spice_difference(model, params, x, y, beta) < 1e-6, seed
+
+
+@needs_ngspice
+@pytest.mark.parametrize("diode", ["none", "shockley"])
+def test_bias_current_sources_match_ngspice(diode):
+    for seed in range(8):
+        model, params, x, y = random_network(300 + seed, diode, bias="current")
+        for beta in (0.0, 0.5):
+            # same tolerances and reasons as the two tests above
+            assert spice_difference(model, params, x, y, beta) < 1e-6, (seed, beta)
 
 
 @needs_ngspice
@@ -89,11 +103,16 @@ def test_networks_with_bidirectional_amplifiers_match_ngspice(diode):
 @pytest.mark.parametrize("diode", ["ideal", "shockley"])
 def test_ep_matches_implicit_differentiation(diode):
     cost = eqjax.costs.squared_error()
-    for seed in range(3):
-        # the last seed adds a second hidden layer behind bidirectional amplifiers
-        sizes, gain = ((5, 8, 3), None) if seed < 2 else ((5, 6, 6, 3), 2.0)
-        model = eqjax.models.resistive(sizes, diode=diode, input_gain=2.0, amplifier_gain=gain)
+    for seed in range(4):
+        # seed 2 adds a second hidden layer behind bidirectional amplifiers; seed 3 has
+        # current-source biases and the Kaiming-style initialisation of the DRN configs
+        sizes, gain = ((5, 8, 3), None) if seed != 2 else ((5, 6, 6, 3), 2.0)
+        options = dict(bias="current", init_scheme="kaiming") if seed == 3 else {}
+        model = eqjax.models.resistive(sizes, diode=diode, input_gain=2.0, amplifier_gain=gain, **options)
         params = model.init(jax.random.key(seed), jnp.float64)
+        if seed == 3:
+            params["bias_currents"] = tuple(0.3 * jax.random.normal(jax.random.key(20 + l), i.shape, jnp.float64)
+                                            for l, i in enumerate(params["bias_currents"]))
         x = jax.random.uniform(jax.random.key(10 + seed), (4, 5), jnp.float64)
         y = jnp.array([0, 1, 2, 1])
         implicit, _ = eqjax.gradients(model, cost, SOLVER, ImplicitDiff(), params, x, y)
@@ -139,3 +158,27 @@ def test_invalid_circuits():
         to_spice(eqjax.models.resistive((3, 4, 2)), params, np.full(3, 0.5))
     with pytest.raises(ValueError, match="diode must be one of"):
         eqjax.models.resistive((3, 2), diode="zener")
+    with pytest.raises(ValueError, match="bias must be one of"):
+        eqjax.models.resistive((3, 2), bias="battery")
+    currents = eqjax.models.resistive((3, 4, 2), diode="shockley", bias="current")
+    params = jax.tree.map(np.asarray, currents.init(jax.random.key(0), jnp.float64))
+    with pytest.raises(ValueError, match=r"bias_currents'\]\[1\] contains NaN"):
+        check_circuit(currents, dict(params, bias_currents=(params["bias_currents"][0], np.full(2, np.nan))))
+    # current sources fix no potential: without resistors to the inputs, layer 1 floats
+    cut = dict(params, conductances=(params["conductances"][0] * 0, params["conductances"][1]))
+    with pytest.raises(ValueError, match=r"floating nodes .* layer 1"):
+        check_circuit(currents, cut)
+
+
+def test_optimizer_clips_conductances_but_not_bias_currents():
+    # the DRN configs' update rule: SGD, then conductances clipped at 0 through conductance_mask
+    model = eqjax.models.resistive((3, 4, 2), bias="current", init_scheme="kaiming")
+    params = model.init(jax.random.key(0))
+    optimizer = optax.chain(
+        optax.sgd(1.0),
+        optax.masked(eqjax.analog.devices.conductance_bounds(0.0), eqjax.models.conductance_mask))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)  # pushes everything down by 10
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert all(float(g.min()) == 0.0 for g in new["conductances"])  # clipped at exactly 0 S
+    assert all(np.allclose(i, -10.0) for i in new["bias_currents"])  # currents may go negative

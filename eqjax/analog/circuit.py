@@ -11,10 +11,11 @@ def check_circuit(model, params) -> None:
     - every conductance must be finite and non-negative (a resistor cannot have negative
       conductance);
     - every free node must have a path of positive conductances to a voltage source (an input or
-      a bias source); a floating node's potential is undetermined.
+      a bias source); a floating node's potential is undetermined;
+    - bias currents (``bias="current"``) must be finite.
     ``params`` must be concrete (NumPy-convertible) arrays.
     """
-    for name in ("conductances", "bias_plus", "bias_minus"):
+    for name in model.conductance_keys:
         for layer, g in enumerate(params[name]):
             g = np.asarray(g)
             if not np.all(np.isfinite(g)):
@@ -24,12 +25,18 @@ def check_circuit(model, params) -> None:
                     f"params['{name}'][{layer}] has negative conductances (min {g.min():.3g} S); "
                     "clip them to be non-negative (see eqjax.analog.devices.conductance_bounds)"
                 )
+    for layer, current in enumerate(params.get("bias_currents", ())):
+        if not np.all(np.isfinite(np.asarray(current))):
+            raise ValueError(f"params['bias_currents'][{layer}] contains NaN or infinite currents")
     # propagate "connected to a source" through the layers until nothing changes
     layers = [np.asarray(g) > 0 for g in params["conductances"]]
-    connected = [
-        (np.asarray(gp) > 0) | (np.asarray(gm) > 0)
-        for gp, gm in zip(params["bias_plus"], params["bias_minus"])
-    ]
+    if model.bias == "conductance":
+        connected = [
+            (np.asarray(gp) > 0) | (np.asarray(gm) > 0)
+            for gp, gm in zip(params["bias_plus"], params["bias_minus"])
+        ]
+    else:  # current sources fix no potential
+        connected = [np.zeros(g.shape[1], bool) for g in layers]
     connected[0] = connected[0] | layers[0].any(axis=0)  # edges to the input sources
     changed = True
     while changed:

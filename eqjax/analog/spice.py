@@ -3,7 +3,8 @@ equilibria against a real circuit simulator.
 
 Node names: ``in<k>`` (input sources), ``n<l>_<j>`` (node ``j`` of free layer ``l``, from 1),
 ``vbp``/``vbn`` (bias sources at ``+/-bias_voltage``), ``a_<node>`` (an amplifier's output).
-Resistors of zero conductance are left out.
+Resistors of zero conductance are left out. Bias currents (``bias="current"``) become current
+sources ``Ib<l>_<j>`` from ground into their node.
 """
 
 from __future__ import annotations
@@ -69,7 +70,10 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
             sources = [_amplifier(lines, node, model.amplifier_gain) for node in names[l]]
         for i, j in zip(*np.nonzero(np.asarray(g))):
             lines.append(f"R{l + 1}_{i}_{j} {sources[i]} {names[l + 1][j]} {_fmt(1.0 / g[i, j])}")
-    for l, (gp, gm) in enumerate(zip(params["bias_plus"], params["bias_minus"])):
+    for l, currents in enumerate(params.get("bias_currents", ())):
+        for j, current in enumerate(np.asarray(currents)):  # from ground into the node
+            lines.append(f"Ib{l + 1}_{j} 0 {names[l + 1][j]} DC {_fmt(current)}")
+    for l, (gp, gm) in enumerate(zip(params.get("bias_plus", ()), params.get("bias_minus", ()))):
         for j, (a, b) in enumerate(zip(np.asarray(gp), np.asarray(gm))):
             if a > 0:
                 lines.append(f"Rbp{l + 1}_{j} {names[l + 1][j]} vbp {_fmt(1.0 / a)}")

@@ -1,6 +1,6 @@
 """Energy models: each is a frozen pytree dataclass exposing pure functions."""
 
 from eqjax.models.hopfield import Hopfield, hopfield
-from eqjax.models.resistive import Resistive, resistive
+from eqjax.models.resistive import Resistive, conductance_mask, resistive
 
-__all__ = ["Hopfield", "Resistive", "hopfield", "resistive"]
+__all__ = ["Hopfield", "Resistive", "conductance_mask", "hopfield", "resistive"]

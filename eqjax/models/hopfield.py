@@ -31,6 +31,7 @@ from flax import struct
 from eqjax.models._layered import Layered, checked_sizes
 
 ENERGIES = ("bilinear", "scellier-bengio", "smooth")
+INITS = ("glorot", "kaiming")
 
 
 def _identity(s):
@@ -70,6 +71,7 @@ class Hopfield(Layered):
     kind: str = struct.field(pytree_node=False, default="bilinear")
     gain: float = struct.field(pytree_node=False, default=1.0)
     output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
+    init_scheme: str = struct.field(pytree_node=False, default="glorot")
 
     @property
     def bounds(self) -> tuple[tuple[float, float], ...]:
@@ -79,15 +81,20 @@ class Hopfield(Layered):
         return hidden + (output,)
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
-        """Glorot-uniform weights scaled by ``gain``, zero biases.
+        """Uniform weights ``W_l ~ U(-a, a)`` scaled by ``gain``, zero biases.
 
-        ``W_l ~ U(-a, a)`` with ``a = gain * sqrt(6 / (n_{l-1} + n_l))`` (Glorot & Bengio 2010).
+        ``init_scheme="glorot"``: ``a = gain * sqrt(6 / (n_{l-1} + n_l))`` (Glorot & Bengio 2010).
+        ``init_scheme="kaiming"``: ``a = gain / sqrt(n_{l-1})``, the scaling of Scellier et al.'s
+        DHN code (2023-24), whose published gain 0.7 refers to it.
         Returns ``{"weights": (W_1, ..), "biases": (b_1, ..)}``.
         """
         keys = jax.random.split(key, len(self.sizes) - 1)
         weights, biases = [], []
         for k, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:]):
-            limit = self.gain * math.sqrt(6.0 / (n_in + n_out))
+            if self.init_scheme == "kaiming":
+                limit = self.gain / math.sqrt(n_in)
+            else:
+                limit = self.gain * math.sqrt(6.0 / (n_in + n_out))
             weights.append(jax.random.uniform(k, (n_in, n_out), dtype, -limit, limit))
             biases.append(jnp.zeros((n_out,), dtype))
         return {"weights": tuple(weights), "biases": tuple(biases)}
@@ -148,26 +155,30 @@ class Hopfield(Layered):
 
 
 def hopfield(
-    sizes, energy: str = "bilinear", gain: float = 1.0, output_bounds=None
+    sizes, energy: str = "bilinear", gain: float = 1.0, output_bounds=None, init_scheme: str = "glorot"
 ) -> Hopfield:
     """A layered Hopfield model of any depth.
 
     Args:
       sizes: ``(n_in, h_1, ..., n_out)``, at least two positive integers.
       energy: ``"bilinear"``, ``"scellier-bengio"`` or ``"smooth"`` (see the module docstring).
-      gain: multiplies the Glorot-uniform initialisation range (DHN uses 0.7).
+      gain: multiplies the initialisation range (DHN uses 0.7 with ``init_scheme="kaiming"``).
       output_bounds: ``(lo, hi)`` box of the output layer, overriding the energy's default; e.g.
         ``(-inf, inf)`` for linear output units (as in deep resistive networks), which keeps the
         true gradient alive for outputs that would otherwise be pinned at a bound.
+      init_scheme: ``"glorot"`` or ``"kaiming"`` weight ranges (see :meth:`Hopfield.init`).
     """
     sizes = checked_sizes(sizes)
     if energy not in ENERGIES:
         raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}")
     if not gain > 0:
         raise ValueError(f"gain must be positive, got {gain!r}")
+    if init_scheme not in INITS:
+        raise ValueError(f"init_scheme must be one of {INITS}, got {init_scheme!r}")
     if output_bounds is not None:
         lo, hi = (float(b) for b in output_bounds)
         if not lo < hi:
             raise ValueError(f"output_bounds must be (lo, hi) with lo < hi, got {output_bounds!r}")
         output_bounds = (lo, hi)
-    return Hopfield(sizes=sizes, kind=energy, gain=float(gain), output_bounds=output_bounds)
+    return Hopfield(sizes=sizes, kind=energy, gain=float(gain), output_bounds=output_bounds,
+                    init_scheme=init_scheme)

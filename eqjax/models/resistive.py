@@ -7,7 +7,10 @@ is the co-content of the circuit, which Kirchhoff's laws minimise (Kendall et al
          + 1/2 sum_l sum_j [g+_{l,j} (V_{l,j} - V_b)^2 + g-_{l,j} (V_{l,j} + V_b)^2]   (bias sources)
          + sum_j D(V_j)                                                         (Shockley diodes)
 
-with conductances ``G_l >= 0`` (siemens). Layer 0 holds voltage sources at ``input_gain * x`` and
+with conductances ``G_l >= 0`` (siemens). The bias term above is ``bias="conductance"`` (each node
+tied through two resistors to sources at ``+V_b`` and ``-V_b``); ``bias="current"`` replaces it by
+a current source ``I_{l,j}`` (amperes, either sign) into each node, the energy term
+``- sum_l I_l . V_l`` (as in Scellier et al. 2024's code). Layer 0 holds voltage sources at ``input_gain * x`` and
 ``-input_gain * x`` (inputs duplicated and negated). Each hidden layer has diode units: the first
 half cannot go below 0 V (a diode from the node to ground, cathode at the node), the second half
 cannot go above 0 V (anode at the node). With ``diode="ideal"`` they are bounds of the state box;
@@ -25,8 +28,9 @@ Shockley diode ``I(V) = I_s (exp(V / (n V_T)) - 1)`` (current from anode to cath
 voltage ``V`` across it) has co-content ``D(V) = I_s (n V_T (exp(V / (n V_T)) - 1) - V)``.
 
 Parameters: ``{"conductances": (G_1, .., G_L), "bias_plus": (g+_1, ..), "bias_minus": (g-_1, ..)}``
-with ``G_1`` of shape ``(2 n_in, n_1)``; all must stay non-negative (see
-:mod:`eqjax.analog.devices` for updates that guarantee it).
+(``bias="conductance"``) or ``{"conductances": (G_1, ..), "bias_currents": (I_1, ..)}``
+(``bias="current"``), with ``G_1`` of shape ``(2 n_in, n_1)``. Conductances must stay
+non-negative (see :mod:`eqjax.analog.devices` for updates that guarantee it); currents need not.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
 SPICE_TEMPERATURE = 300.15  # K: SPICE's default TNOM of 27 degrees Celsius
 DIODES = ("ideal", "shockley", "none")
+BIASES = ("conductance", "current")
+INITS = ("uniform", "kaiming")
 THERMAL_VOLTAGE = BOLTZMANN * SPICE_TEMPERATURE / ELEMENTARY_CHARGE  # about 25.865 mV
 
 
@@ -60,6 +66,13 @@ class Resistive(Layered):
     emission_coefficient: float = struct.field(pytree_node=False, default=1.0)
     init_scale: float = struct.field(pytree_node=False, default=1.0)
     amplifier_gain: float | None = struct.field(pytree_node=False, default=None)
+    bias: str = struct.field(pytree_node=False, default="conductance")
+    init_scheme: str = struct.field(pytree_node=False, default="uniform")
+
+    @property
+    def conductance_keys(self) -> tuple[str, ...]:
+        """The parameter entries that are conductances (must stay non-negative)."""
+        return ("conductances", "bias_plus", "bias_minus") if self.bias == "conductance" else ("conductances",)
 
     @property
     def layer_sizes(self) -> tuple[int, ...]:
@@ -88,16 +101,33 @@ class Resistive(Layered):
         return tuple(result)
 
     def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
-        """Uniform conductances ``G ~ U(0, 2 a)`` with ``a = init_scale / fan_in`` (a node then sees
-        a total input conductance of about ``init_scale``); bias conductances ``U(0, 2 a)``."""
+        """Random non-negative conductances for the layer from ``n_in`` nodes:
+
+        - ``init_scheme="uniform"``: ``G ~ U(0, 2 a)`` with ``a = init_scale / n_in`` (a node then
+          sees a total input conductance of about ``init_scale``);
+        - ``init_scheme="kaiming"``: ``G = max(0, U(-a, a))`` with ``a = init_scale / sqrt(n_in)``
+          (half the resistors absent), the initialisation of Scellier et al. 2024's code.
+
+        Bias conductances ``U(0, 2 init_scale / n_in)``; bias currents zero.
+        """
         keys = jax.random.split(key, 3 * (len(self.sizes) - 1))
-        params = {"conductances": [], "bias_plus": [], "bias_minus": []}
+        params = {name: [] for name in self.conductance_keys}
+        if self.bias == "current":
+            params["bias_currents"] = []
         for l, (n_in, n_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
-            scale = 2 * self.init_scale / n_in
             k_g, k_p, k_m = keys[3 * l : 3 * l + 3]
-            params["conductances"].append(jax.random.uniform(k_g, (n_in, n_out), dtype, 0, scale))
-            params["bias_plus"].append(jax.random.uniform(k_p, (n_out,), dtype, 0, scale))
-            params["bias_minus"].append(jax.random.uniform(k_m, (n_out,), dtype, 0, scale))
+            if self.init_scheme == "kaiming":
+                a = self.init_scale / math.sqrt(n_in)
+                g = jnp.maximum(jax.random.uniform(k_g, (n_in, n_out), dtype, -a, a), 0.0)
+            else:
+                g = jax.random.uniform(k_g, (n_in, n_out), dtype, 0, 2 * self.init_scale / n_in)
+            params["conductances"].append(g)
+            if self.bias == "current":
+                params["bias_currents"].append(jnp.zeros((n_out,), dtype))
+            else:
+                scale = 2 * self.init_scale / n_in
+                params["bias_plus"].append(jax.random.uniform(k_p, (n_out,), dtype, 0, scale))
+                params["bias_minus"].append(jax.random.uniform(k_m, (n_out,), dtype, 0, scale))
         return {k: tuple(v) for k, v in params.items()}
 
     def init_state(self, x: jax.Array) -> tuple:
@@ -117,9 +147,12 @@ class Resistive(Layered):
             if l > 0 and self.amplifier_gain is not None:
                 a = self.amplifier_gain * a  # the resistors see the amplifier's output
             total += 0.5 * (jnp.vdot(a * a, g.sum(axis=1)) + jnp.vdot(b * b, g.sum(axis=0))) - a @ g @ b
-        vb = self.bias_voltage
-        for v, gp, gm in zip(state, params["bias_plus"], params["bias_minus"]):
-            total += 0.5 * (jnp.vdot(gp, (v - vb) ** 2) + jnp.vdot(gm, (v + vb) ** 2))
+        if self.bias == "current":
+            total -= sum(jnp.vdot(i, v) for i, v in zip(params["bias_currents"], state))
+        else:
+            vb = self.bias_voltage
+            for v, gp, gm in zip(state, params["bias_plus"], params["bias_minus"]):
+                total += 0.5 * (jnp.vdot(gp, (v - vb) ** 2) + jnp.vdot(gm, (v + vb) ** 2))
         if self.diode == "shockley":
             for layer, v in enumerate(state):
                 signs = jnp.asarray(self.diode_signs(layer), v.dtype)
@@ -136,6 +169,12 @@ class Resistive(Layered):
         return state[-1]
 
 
+def conductance_mask(params: dict) -> dict:
+    """``params``' structure with ``True`` on conductances and ``False`` on bias currents: the
+    ``mask`` for ``optax.masked`` so that device models and clipping touch conductances only."""
+    return {name: jax.tree.map(lambda _: name != "bias_currents", value) for name, value in params.items()}
+
+
 def resistive(
     sizes,
     input_gain: float = 1.0,
@@ -145,6 +184,8 @@ def resistive(
     emission_coefficient: float = 1.0,
     init_scale: float = 1.0,
     amplifier_gain: float | None = None,
+    bias: str = "conductance",
+    init_scheme: str = "uniform",
 ) -> Resistive:
     """A deep resistive network (Scellier et al. 2024).
 
@@ -155,12 +196,19 @@ def resistive(
       diode: ``"ideal"`` (bounds at 0 V), ``"shockley"`` (exponential diodes, SPICE's model
         ``D(IS=saturation_current, N=emission_coefficient)`` at 27 degrees Celsius) or ``"none"``
         (a linear network).
-      init_scale: total input conductance a node sees at initialisation, in siemens.
+      init_scale: scale of the initial conductances (see :meth:`Resistive.init`).
       amplifier_gain: gain of bidirectional amplifiers between free layers (``None``: none).
+      bias: ``"conductance"`` (resistors to the bias sources) or ``"current"`` (a current source
+        into each free node).
+      init_scheme: ``"uniform"`` or ``"kaiming"`` (see :meth:`Resistive.init`).
     """
     sizes = checked_sizes(sizes)
     if diode not in DIODES:
         raise ValueError(f"diode must be one of {DIODES}, got {diode!r}")
+    if bias not in BIASES:
+        raise ValueError(f"bias must be one of {BIASES}, got {bias!r}")
+    if init_scheme not in INITS:
+        raise ValueError(f"init_scheme must be one of {INITS}, got {init_scheme!r}")
     for name, value in (("input_gain", input_gain), ("saturation_current", saturation_current),
                         ("emission_coefficient", emission_coefficient), ("init_scale", init_scale),
                         ("amplifier_gain", 1.0 if amplifier_gain is None else amplifier_gain)):
@@ -171,4 +219,5 @@ def resistive(
         bias_voltage=float(bias_voltage), diode=diode, saturation_current=float(saturation_current),
         emission_coefficient=float(emission_coefficient), init_scale=float(init_scale),
         amplifier_gain=None if amplifier_gain is None else float(amplifier_gain),
+        bias=bias, init_scheme=init_scheme,
     )
