@@ -92,19 +92,18 @@ def bench_ep(name, chunk_batches, repeats):
 
 
 def bench_bp(name, chunk_batches, repeats):
-    """Backprop on the same architecture: hard-sigmoid hidden units, clipped outputs for DHN
-    (its output box) and the same squared-error cost, SGD, one lax.scan per chunk."""
+    """Backprop on the same architecture: each layer clipped to the EP model's box (hard-sigmoid
+    hidden units; DHN's outputs are linear, Scellier-Bengio's in [0, 1]), the same initialisation
+    and squared-error cost, SGD, one lax.scan per chunk."""
     import jax
     import jax.numpy as jnp
     import optax
 
     import configs
-    import eqjax
 
     config = configs.CONFIGS[name]
     x, y = mnist_on_device()
-    model = eqjax.models.hopfield(tuple(config["sizes"]), energy="bilinear", gain=config["gain"])
-    cost = configs.build(dict(config, batches_per_epoch=1))[1]
+    model, cost = configs.build(dict(config, batches_per_epoch=1))[:2]
     params = model.init(jax.random.key(0))
     optimizer = optax.sgd(0.05)
     opt_state = optimizer.init(params)
@@ -112,8 +111,8 @@ def bench_bp(name, chunk_batches, repeats):
 
     def loss(p, xb, yb):
         h = xb
-        for w, b in zip(p["weights"], p["biases"]):
-            h = jnp.clip(h @ w + b, 0.0, 1.0)
+        for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
+            h = jnp.clip(h @ w + b, lo, hi)
         return jnp.mean(jax.vmap(cost)(h, yb))
 
     @jax.jit
