@@ -1,11 +1,13 @@
 """Accuracy of EP training through memristor device models: versus the number of conductance
 levels and versus cycle-to-cycle write noise.
 
-    python experiments/devices.py [--dataset mnist] [--train-limit 10000] [--epochs 2]
+    python experiments/devices.py [--dataset mnist] [--train-limit 60000] [--epochs 2]
 
-Trains the `drn-xs` configuration (resistive 2x784-100-10, centered EP) once per device setting,
-with the device model of `eqjax.analog.devices.memristor` chained after the optimizer, and writes
-`runs/devices-<time>/results.json` and `devices.png`.
+Trains the `drn-xs` configuration (resistive 2x784-100-10, centered EP, SGD) once per device
+setting, with the device model of `eqjax.analog.devices.memristor` applied to the conductances
+after the optimizer: ideal (continuous) conductances; a finite number of levels with updates
+rounded to the nearest whole pulse, or stochastically (unbiased); write noise at a fixed number of
+levels. Writes `runs/devices-<time>/results.json` and `devices.png`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import configs  # noqa: E402
 import eqjax  # noqa: E402
 from eqjax.analog import devices  # noqa: E402
 
-G_MAX = 0.2  # siemens: range of the simulated devices (initial conductances are below 0.1 S)
+G_MAX = 1.0  # siemens: range of the simulated devices (trained DRN-XS conductances reach about 0.6 S)
 
 
 def train_and_test(config, device, data, epochs, seed):
@@ -49,17 +51,19 @@ def train_and_test(config, device, data, epochs, seed):
     return float(jnp.mean(aux["accuracy"]))
 
 
-def main():
+def main(argv=None):
+    """Run the sweep; returns the run directory."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    parser.add_argument("--train-limit", type=int, default=10_000)
-    parser.add_argument("--test-limit", type=int, default=2_000)
+    parser.add_argument("--train-limit", type=int, default=60_000)
+    parser.add_argument("--test-limit", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--levels", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 256, 1024])
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 1.0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
+    parser.add_argument("--noise-levels", type=int, default=256, help="levels of the write-noise runs")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     def load(split, limit):
         images, labels = eqjax.data.load(args.dataset, split)
@@ -67,13 +71,14 @@ def main():
 
     data = (*load("train", args.train_limit), *load("test", args.test_limit))
     config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
-    settings = [("ideal", None, 0.0)] + [("levels", L, 0.0) for L in args.levels] + \
-               [("noise", 256, s) for s in args.noise]
+    settings = ([("ideal", None, 0.0)] + [("nearest", L, 0.0) for L in args.levels]
+                + [("stochastic", L, 0.0) for L in args.levels]
+                + [("noise", args.noise_levels, s) for s in args.noise])
     results = []
     for kind, levels, noise in tqdm(settings, desc="device settings"):
         device = (devices.conductance_bounds(0.0) if kind == "ideal" else
                   devices.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
-                                    write_std=noise, seed=args.seed))
+                                    write_std=noise, stochastic_pulses=kind != "nearest", seed=args.seed))
         start = time.time()
         accuracy = train_and_test(config, device, data, args.epochs, args.seed)
         results.append({"kind": kind, "levels": levels, "write_std": noise, "test_error": 1 - accuracy,
@@ -91,21 +96,25 @@ def main():
 
     ideal = 100 * results[0]["test_error"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    by_levels = [r for r in results if r["kind"] == "levels"]
-    left.semilogx([r["levels"] for r in by_levels], [100 * r["test_error"] for r in by_levels], "o-", base=2)
+    for kind, label in (("nearest", "nearest pulse"), ("stochastic", "stochastic pulses")):
+        runs = [r for r in results if r["kind"] == kind]
+        left.semilogx([r["levels"] for r in runs], [100 * r["test_error"] for r in runs], "o-", base=2, label=label)
     left.axhline(ideal, color="gray", ls="--", label="ideal (continuous) conductances")
-    left.set(xlabel="conductance levels", ylabel="test error (%)", title="pulses: nonlinear 0.5/0.5")
+    left.set(xlabel="conductance levels", ylabel="test error (%)", yscale="log",
+             title="nonlinear pulses (0.5 / 0.5), no noise")
     left.legend()
     by_noise = [r for r in results if r["kind"] == "noise"]
     right.plot([r["write_std"] for r in by_noise], [100 * r["test_error"] for r in by_noise], "o-")
     right.axhline(ideal, color="gray", ls="--")
-    right.set(xlabel="write noise (relative std per write)", title="256 levels")
+    right.set(xlabel="write noise (relative std per write)", yscale="log",
+              title=f"{args.noise_levels} levels, stochastic pulses")
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
     fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
     fig.tight_layout()
     fig.savefig(run_dir / "devices.png", dpi=120)
     print(f"wrote {run_dir}/results.json and devices.png")
+    return run_dir
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def test_quantized_updates_are_whole_pulses():
         devices.pulse_quantization(0.0, 1.0, num_levels=1)
 
 
+def test_stochastic_pulses_are_whole_and_unbiased():
+    transform = devices.pulse_quantization(0.0, 1.0, num_levels=5, stochastic=True)  # pulses of 0.25
+    updates = {"g": jnp.full((100_000,), 0.1), "h": jnp.full((100_000,), -0.3)}
+    step, state = transform.update(updates, transform.init(updates))
+    # 0.1 is 0.4 pulse: 0 or 1 pulse, 1 with probability 0.4; -0.3 is -1.2 pulses: -2 or -1
+    assert set(np.unique(np.asarray(step["g"]))) == {0.0, 0.25}
+    assert set(np.unique(np.asarray(step["h"]))) == {-0.5, -0.25}
+    # 100k draws: the standard error of the mean is 0.25 * sqrt(0.24 / 1e5) = 3.9e-4; 5e-3 is ~13 of them
+    assert abs(float(step["g"].mean()) - 0.1) < 5e-3 and abs(float(step["h"].mean()) + 0.3) < 5e-3
+    again, _ = transform.update(updates, state)
+    assert not np.array_equal(again["g"], step["g"])  # fresh draws at every write
+
+
 def test_nonlinear_asymmetric_response():
     transform = devices.nonlinear_response(0.0, 1.0, potentiation=2.0, depression=0.5)
     params = {"g": jnp.array([0.0, 1.0, 0.0, 1.0])}

