@@ -64,6 +64,25 @@ def test_bad_constructor_arguments():
         ImplicitDiff(method="lu")
     with pytest.raises(ValueError, match="output_bounds"):
         eqjax.models.hopfield((4, 3), output_bounds=(1.0, 0.0))
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        eqjax.models.hopfield((4, 3), init_scheme="he")
+    with pytest.raises(ValueError, match="init_scheme must be one of"):
+        eqjax.models.resistive((4, 3), init_scheme="glorot")
+
+
+def test_init_schemes_have_their_documented_ranges():
+    # kaiming: |W| <= gain / sqrt(fan_in); glorot: |W| <= gain * sqrt(6 / (fan_in + fan_out))
+    kaiming = eqjax.models.hopfield((400, 100, 10), gain=0.7, init_scheme="kaiming").init(jax.random.key(0))
+    glorot = eqjax.models.hopfield((400, 100, 10), gain=0.7).init(jax.random.key(0))
+    for w, (n_in, n_out) in zip(kaiming["weights"], ((400, 100), (100, 10))):
+        limit = 0.7 / n_in ** 0.5
+        assert float(jnp.abs(w).max()) <= limit and float(jnp.abs(w).max()) > 0.9 * limit  # fills its range
+    for w, (n_in, n_out) in zip(glorot["weights"], ((400, 100), (100, 10))):
+        assert float(jnp.abs(w).max()) <= 0.7 * (6 / (n_in + n_out)) ** 0.5
+    # resistive kaiming: max(0, U(-a, a)), about half the resistors absent, none negative
+    g = eqjax.models.resistive((400, 100, 10), init_scheme="kaiming").init(jax.random.key(0))["conductances"][0]
+    assert float(g.min()) == 0.0 and float(g.max()) <= 1 / 800 ** 0.5
+    assert 0.45 < float(jnp.mean(g == 0)) < 0.55  # 80,000 draws: the fraction is 0.5 +- 0.002
 
 
 def test_bad_start_state():
