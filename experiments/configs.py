@@ -46,11 +46,11 @@ CONFIGS = {
     "drn-xs": dict(family="resistive", sizes=[784, 100, 10], input_gain=150.0, bias="current",
                    init_scheme="kaiming", cost="squared_error", solver="block_coordinate", tol=1e-4,
                    free_steps=4, beta=1.0, variant="centered", batch_size=4, optimizer="sgd",
-                   learning_rate=0.006, decay=0.99, warm_start=True),
+                   learning_rate=0.006, decay=0.99, warm_start=True, estimator="ep"),
     "drn-1h": dict(family="resistive", sizes=[784, 1024, 10], input_gain=480.0, bias="current",
                    init_scheme="kaiming", cost="squared_error", solver="block_coordinate", tol=1e-4,
                    free_steps=4, beta=1.0, variant="centered", batch_size=4, optimizer="sgd",
-                   learning_rate=0.006, decay=0.99, warm_start=True),
+                   learning_rate=0.006, decay=0.99, warm_start=True, estimator="ep"),
     # A small net for quick checks and tests (runs in seconds).
     "tiny": dict(sizes=[784, 32, 10], energy="bilinear", gain=0.7, cost="squared_error",
                  solver="block_coordinate", tol=1e-4, free_steps=15, beta=0.2,
@@ -75,7 +75,7 @@ def build(config: dict):
             "cross_entropy": eqjax.costs.cross_entropy()}[config["cost"]]
     solver = make_solver(config, config["free_steps"])
     nudged = make_solver(config, config["nudged_steps"]) if "nudged_steps" in config else None
-    estimator = eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=nudged)
+    estimator = make_estimator(config, nudged)
     return model, cost, solver, estimator, make_optimizer(config)
 
 
@@ -90,6 +90,20 @@ def initial_state(config: dict, model, num_examples: int) -> tuple:
     """Zero carried state: one row per example for persistent particles, else one batch."""
     rows = num_examples if config.get("persistent", False) else config["batch_size"]
     return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
+
+
+def make_estimator(config: dict, nudged_solver=None):
+    """EP as configured, or a baseline with ``estimator="implicit"`` (implicit differentiation at
+    the free equilibrium) or ``"bptt"`` (backpropagation through the free phase's ``free_steps``
+    solver updates: the truncated BP of Scellier et al. 2024)."""
+    kind = config.get("estimator", "ep")
+    if kind == "implicit":
+        return eqjax.estimators.ImplicitDiff()
+    if kind == "bptt":
+        return eqjax.estimators.BPTT(num_steps=config["free_steps"])
+    if kind != "ep":
+        raise ValueError(f"estimator must be 'ep', 'implicit' or 'bptt', got {kind!r}")
+    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=nudged_solver)
 
 
 def make_solver(config: dict, max_steps: int):

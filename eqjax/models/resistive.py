@@ -10,12 +10,13 @@ is the co-content of the circuit, which Kirchhoff's laws minimise (Kendall et al
 with conductances ``G_l >= 0`` (siemens). The bias term above is ``bias="conductance"`` (each node
 tied through two resistors to sources at ``+V_b`` and ``-V_b``); ``bias="current"`` replaces it by
 a current source ``I_{l,j}`` (amperes, either sign) into each node, the energy term
-``- sum_l I_l . V_l`` (as in Scellier et al. 2024's code). Layer 0 holds voltage sources at ``input_gain * x`` and
-``-input_gain * x`` (inputs duplicated and negated). Each hidden layer has diode units: the first
-half cannot go below 0 V (a diode from the node to ground, cathode at the node), the second half
-cannot go above 0 V (anode at the node). With ``diode="ideal"`` they are bounds of the state box;
-with ``diode="shockley"`` their co-content ``D`` (below) is added and the state is unbounded. The
-output layer is linear. The energy is quadratic in each layer with no intra-layer coupling, so
+``- sum_l I_l . V_l`` (as in Scellier et al. 2024's code).
+
+Layer 0 holds voltage sources at ``input_gain * x`` and ``-input_gain * x`` (inputs duplicated and
+negated). Each hidden layer has diode units: the first half cannot go below 0 V (a diode from the
+node to ground, cathode at the node), the second half cannot go above 0 V (anode at the node). With
+``diode="ideal"`` they are bounds of the state box; with ``diode="shockley"`` their co-content
+``D`` (below) is added and the state is unbounded. The output layer is linear. The energy is quadratic in each layer with no intra-layer coupling, so
 :class:`~eqjax.solvers.BlockCoordinate` is exact coordinate descent for ideal diodes: each node
 settles at the conductance-weighted average of its neighbours, clipped by its diode.
 
