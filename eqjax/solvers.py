@@ -41,8 +41,9 @@ class Equilibrium:
 
 
 def project(state: tuple, bounds) -> tuple:
-    """Clip each layer into its ``(lo, hi)`` box."""
-    return tuple(jnp.clip(s, lo, hi) for s, (lo, hi) in zip(state, bounds))
+    """Clip each layer into its ``(lo, hi)`` box, keeping the state's dtype (bounds given as
+    float64 NumPy arrays must not promote a float32 state when x64 is enabled)."""
+    return tuple(jnp.clip(s, jnp.asarray(lo, s.dtype), jnp.asarray(hi, s.dtype)) for s, (lo, hi) in zip(state, bounds))
 
 
 def max_abs_difference(a, b) -> jax.Array:
