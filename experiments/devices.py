@@ -93,6 +93,7 @@ def main(argv=None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ideal = 100 * results[0]["test_error"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -110,6 +111,8 @@ def main(argv=None):
               title=f"{args.noise_levels} levels, stochastic pulses")
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
     fig.tight_layout()
     fig.savefig(run_dir / "devices.png", dpi=120)
