@@ -8,7 +8,10 @@ import optax
 
 import eqjax
 
-# Each config is plain JSON-able data; `build` turns it into eqjax values.
+# Each config is plain JSON-able data; `build` turns it into eqjax values. OPTIONAL entries may be
+# absent (a default applies) and can still be set with `--set`.
+OPTIONAL = ("estimator", "init_scheme", "linear_output", "nudged_steps", "eval_steps", "warm_start",
+            "persistent", "random_sign")
 CONFIGS = {
     # Scellier et al. 2023/2024 deep Hopfield networks, with the settings of their code: hard-
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
@@ -46,11 +49,11 @@ CONFIGS = {
     "drn-xs": dict(family="resistive", sizes=[784, 100, 10], input_gain=150.0, bias="current",
                    init_scheme="kaiming", cost="squared_error", solver="block_coordinate", tol=1e-4,
                    free_steps=4, beta=1.0, variant="centered", batch_size=4, optimizer="sgd",
-                   learning_rate=0.006, decay=0.99, warm_start=True, estimator="ep"),
+                   learning_rate=0.006, decay=0.99, warm_start=True),
     "drn-1h": dict(family="resistive", sizes=[784, 1024, 10], input_gain=480.0, bias="current",
                    init_scheme="kaiming", cost="squared_error", solver="block_coordinate", tol=1e-4,
                    free_steps=4, beta=1.0, variant="centered", batch_size=4, optimizer="sgd",
-                   learning_rate=0.006, decay=0.99, warm_start=True, estimator="ep"),
+                   learning_rate=0.006, decay=0.99, warm_start=True),
     # A small net for quick checks and tests (runs in seconds).
     "tiny": dict(sizes=[784, 32, 10], energy="bilinear", gain=0.7, cost="squared_error",
                  solver="block_coordinate", tol=1e-4, free_steps=15, beta=0.2,

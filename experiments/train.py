@@ -133,8 +133,9 @@ def main(argv=None):
         config = dict(configs.CONFIGS[args.model])
         for item in args.set:
             key, _, value = item.partition("=")
-            if key not in config:
-                raise SystemExit(f"--set {item}: {args.model} has no entry {key!r} (has {sorted(config)})")
+            if key not in config and key not in configs.OPTIONAL:
+                raise SystemExit(f"--set {item}: {args.model} has no entry {key!r} "
+                                 f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
             config[key] = json.loads(value)
         config = dict(config, model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,

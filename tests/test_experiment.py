@@ -60,6 +60,15 @@ def without_times(rows):
     return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
 
 
+def test_set_overrides_known_and_optional_entries_only(tmp_path):
+    with pytest.raises(SystemExit, match="has no entry 'learning_rte'"):
+        train.main(SMALL + ["--runs-dir", str(tmp_path), "--set", "learning_rte=0.1"])
+    # estimator is optional (absent from the tiny config): accepted, and it reaches the run
+    run = train.main(["--model", "tiny", "--epochs", "1", "--train-limit", "64", "--test-limit", "32",
+                      "--runs-dir", str(tmp_path), "--set", 'estimator="implicit"'])
+    assert json.loads((run / "config.json").read_text())["estimator"] == "implicit"
+
+
 def test_device_sweep_writes_results_and_plot(tmp_path):
     run = devices.main(["--train-limit", "400", "--test-limit", "200", "--epochs", "1", "--levels", "16",
                         "--noise", "0.5", "--runs-dir", str(tmp_path)])
