@@ -117,16 +117,16 @@ class Resistive(Layered):
             params["bias_currents"] = []
         for l, (n_in, n_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
             k_g, k_p, k_m = keys[3 * l : 3 * l + 3]
+            scale = 2 * self.init_scale / n_in
             if self.init_scheme == "kaiming":
                 a = self.init_scale / math.sqrt(n_in)
                 g = jnp.maximum(jax.random.uniform(k_g, (n_in, n_out), dtype, -a, a), 0.0)
             else:
-                g = jax.random.uniform(k_g, (n_in, n_out), dtype, 0, 2 * self.init_scale / n_in)
+                g = jax.random.uniform(k_g, (n_in, n_out), dtype, 0, scale)
             params["conductances"].append(g)
             if self.bias == "current":
                 params["bias_currents"].append(jnp.zeros((n_out,), dtype))
             else:
-                scale = 2 * self.init_scale / n_in
                 params["bias_plus"].append(jax.random.uniform(k_p, (n_out,), dtype, 0, scale))
                 params["bias_minus"].append(jax.random.uniform(k_m, (n_out,), dtype, 0, scale))
         return {k: tuple(v) for k, v in params.items()}
