@@ -1,20 +1,24 @@
 """`make bench`: EP training speed against backprop and against the machine's arithmetic limit.
 
-Measured side by side in one run, each case in its own subprocess (so peak memory is per case):
+Everything is measured in one process, interleaved: after compiling every case and one warm-up
+round, each round times one chunk of every case back to back, so a burst of load from other jobs
+on a shared machine hits all cases of that round alike. Ratios are taken within a round and reported as the median over
+rounds; seconds per 60,000-example epoch are medians over rounds too.
 
 - EP training of DHN-1H (784-1024-10, batch 16, centered EP, block-coordinate at most 15/15/15
   steps, stopping at the tolerance; and again with exactly 15/15/15) and of the Scellier-Bengio
   784-500-10 net (batch 20, gradient descent 20/4), exactly as `make train` runs them
-  (`eqjax.train_chunk` under `jax.jit`, MNIST on device), from initialisation: seconds per
-  60,000-example epoch, the median of several timed chunks after a compile (compile time reported
-  separately);
-- plain backprop on the same architectures (feedforward MLP, hard-sigmoid hidden units, same
-  cost, batch and SGD) trained the same way: seconds per epoch and the EP/BP ratio;
+  (`eqjax.train_chunk` under `jax.jit`, MNIST on device), from initialisation;
+- plain backprop on the same architectures (feedforward MLP, each layer clipped to the EP model's
+  box, same initialisation, cost, batch and SGD) trained the same way: the EP/BP ratio;
 - the arithmetic limit: the matrix products one EP batch needs (input projection once per batch,
   the relaxation products for the measured mean number of steps per phase, one outer product per
-  layer and phase pair for the weight update), each timed alone at its shape on this machine; our
-  epoch time as a multiple of the summed limit;
-- peak resident memory of each case's process.
+  layer and phase pair for the weight update), each timed at its shape in the same rounds (the
+  relaxation's two products per step chained in a loop of their own, in the faster weight
+  layout); our epoch time as a multiple of the summed limit;
+- compile time of each case's chunk function (once; no later chunk recompiles);
+- memory: XLA's buffer sizes for one compiled chunk of each case (arguments, outputs and
+  temporaries: the working set of training, without the data set), and the process's peak RSS.
 
 Prints a table and writes benchmarks/results.json.
 """
@@ -26,7 +30,6 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,22 +40,22 @@ sys.path.insert(0, str(ROOT / "experiments"))
 EPOCH_EXAMPLES = 60_000
 # EP variants timed: a named config of experiments/configs.py with overrides. "dhn-1h" stops each
 # phase at its tolerance (as `make train` does); "dhn-1h-fixed" runs exactly 15 + 15 + 15 steps
-# (tol = 0), the worst case and the setting the published DHN-1H uses.
+# (tol = 0, tested once at the end: the same states as testing every step), the published setting.
 VARIANTS = {  # name: (config, overrides, table label)
     "dhn-1h": ("dhn-1h", {}, "DHN-1H 784-1024-10, phases stop at tol"),
-    "dhn-1h-fixed": ("dhn-1h", {"tol": 0.0}, "DHN-1H, exactly 15/15/15 steps"),
+    "dhn-1h-fixed": ("dhn-1h", {"tol": 0.0, "check_every": 15}, "DHN-1H, exactly 15/15/15 steps"),
     "sb-500": ("sb-500", {}, "Scellier-Bengio 784-500-10"),
 }
-CASES = (*VARIANTS, "bp-dhn-1h", "bp-sb-500", *(f"matmul-{name}" for name in VARIANTS))
+MIB = 2**20
 
 
 def variant_config(name):
-    """``(base config name, config dict)`` of an EP variant, with ``batches_per_epoch`` set."""
+    """The config dict of an EP variant, with ``batches_per_epoch`` set."""
     import configs
 
     base, overrides, _ = VARIANTS[name]
     config = dict(configs.CONFIGS[base], **overrides)
-    return base, dict(config, batches_per_epoch=EPOCH_EXAMPLES // config["batch_size"])
+    return dict(config, batches_per_epoch=EPOCH_EXAMPLES // config["batch_size"])
 
 
 def mnist_on_device():
@@ -72,185 +75,235 @@ def timed(fn, *args):
     return time.perf_counter() - start, out
 
 
-def chunk_plan(batch, chunk_batches, repeats):
-    """Disjoint chunks of consecutive batches: (first compile chunk, then `repeats` timed ones)."""
-    return [(i * chunk_batches * batch, (i + 1) * chunk_batches * batch) for i in range(repeats + 1)]
+def compile_with_memory(jitted, *args) -> tuple[float, float]:
+    """``(seconds to lower and compile, MiB)`` of one call; the MiB are its arguments, outputs and
+    temporaries (XLA's buffer assignment). The jitted function reuses the compiled executable."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    stats = compiled.memory_analysis()
+    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+             - stats.alias_size_in_bytes)
+    return seconds, total / MIB
 
 
-def bench_ep(name, chunk_batches, repeats):
-    import jax
-    import jax.numpy as jnp
+class EPCase:
+    """EP training of a variant; ``run(r)`` trains on chunk ``r`` (consecutive batches) and returns
+    its seconds. Round 0 compiles."""
 
-    import configs
+    def __init__(self, name, x, y, chunk_batches):
+        import jax
 
-    x, y = mnist_on_device()
-    config = variant_config(name)[1]
-    model, cost, solver, estimator, optimizer = configs.build(config)
-    batch = config["batch_size"]
-    chunk = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
-    params = model.init(jax.random.key(0))
-    opt_state = optimizer.init(params)
-    state = configs.initial_state(config, model, len(x))
-    times, steps = [], []
-    for first, last in chunk_plan(batch, chunk_batches, repeats):
-        index = jnp.arange(first, last).reshape(chunk_batches, batch)
-        keys = jax.random.split(jax.random.key(first), chunk_batches)
-        seconds, (params, opt_state, state, metrics) = timed(
-            chunk, params, opt_state, state, x[index], y[index], index, keys)
-        times.append(seconds)
-        steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
-    median = statistics.median(times[1:])
-    return {
-        "seconds_per_epoch": median * EPOCH_EXAMPLES / (chunk_batches * batch),
-        "compile_seconds": times[0] - median,
-        "chunk_seconds": times[1:],
-        "mean_steps": {k: statistics.mean(s[k] for s in steps[1:]) for k in steps[1]},
-        "batch": batch,
-        "sizes": config["sizes"],
-    }
+        import configs
+
+        self.config = variant_config(name)
+        model, cost, solver, estimator, optimizer = configs.build(self.config)
+        self.chunk = configs.chunk_function(self.config, model, cost, solver, estimator, optimizer)
+        params = model.init(jax.random.key(0))
+        self.carry = (params, optimizer.init(params), configs.initial_state(self.config, model, len(x)))
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config["batch_size"]
+        self.steps, self.times = [], []
+
+    def arguments(self, r):
+        import jax
+        import jax.numpy as jnp
+
+        first = r * self.chunk_batches * self.batch
+        index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
+        keys = jax.random.split(jax.random.key(first), self.chunk_batches)
+        return (*self.carry, self.x[index], self.y[index], index, keys)
+
+    def compile(self):
+        return compile_with_memory(self.chunk, *self.arguments(0))
+
+    def run(self, r):
+        import jax.numpy as jnp
+
+        seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
+        self.carry = (params, opt_state, state)
+        self.steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
+        return seconds
 
 
-def bench_bp(name, chunk_batches, repeats):
+class BPCase:
     """Backprop on the same architecture: each layer clipped to the EP model's box (hard-sigmoid
     hidden units; DHN's outputs are linear, Scellier-Bengio's in [0, 1]), the same initialisation
     and squared-error cost, SGD, one lax.scan per chunk."""
-    import jax
-    import jax.numpy as jnp
-    import optax
 
-    import configs
+    def __init__(self, base, x, y, chunk_batches):
+        import jax
+        import optax
 
-    config = configs.CONFIGS[name]
-    x, y = mnist_on_device()
-    model, cost = configs.build(dict(config, batches_per_epoch=1))[:2]
-    params = model.init(jax.random.key(0))
-    optimizer = optax.sgd(0.05)
-    opt_state = optimizer.init(params)
-    batch = config["batch_size"]
+        import configs
 
-    def loss(p, xb, yb):
-        h = xb
-        for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
-            h = jnp.clip(h @ w + b, lo, hi)
-        return jnp.mean(jax.vmap(cost)(h, yb))
+        config = configs.CONFIGS[base]
+        model, cost = configs.build(dict(config, batches_per_epoch=1))[:2]
+        optimizer = optax.sgd(0.05)
+        params = model.init(jax.random.key(0))
+        self.carry = (params, optimizer.init(params))
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config["batch_size"]
 
-    @jax.jit
-    def chunk(p, s, xs, ys):
-        def body(carry, batch_xy):
-            p, s = carry
-            value, grads = jax.value_and_grad(loss)(p, *batch_xy)
-            updates, s = optimizer.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), value
+        def loss(p, xb, yb):
+            h = xb
+            for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
+                h = jax.numpy.clip(h @ w + b, lo, hi)
+            return jax.numpy.mean(jax.vmap(cost)(h, yb))
 
-        return jax.lax.scan(body, (p, s), (xs, ys))
+        @jax.jit
+        def chunk(p, s, xs, ys):
+            def body(carry, batch_xy):
+                p, s = carry
+                value, grads = jax.value_and_grad(loss)(p, *batch_xy)
+                updates, s = optimizer.update(grads, s, p)
+                return (optax.apply_updates(p, updates), s), value
 
-    times = []
-    for first, last in chunk_plan(batch, chunk_batches, repeats):
-        xs = x[first:last].reshape(chunk_batches, batch, -1)
-        ys = y[first:last].reshape(chunk_batches, batch)
-        seconds, ((params, opt_state), _) = timed(chunk, params, opt_state, xs, ys)
-        times.append(seconds)
-    median = statistics.median(times[1:])
-    return {"seconds_per_epoch": median * EPOCH_EXAMPLES / (chunk_batches * batch),
-            "compile_seconds": times[0] - median, "chunk_seconds": times[1:]}
+            return jax.lax.scan(body, (p, s), (xs, ys))
 
+        self.chunk, self.times = chunk, []
 
-def matmul_seconds(m, k, n, repeats=400):
-    """Seconds for one (m, k) @ (k, n) float32 product, from a jitted loop of distinct products."""
-    import jax
-    import jax.numpy as jnp
+    def arguments(self, r):
+        first, last = r * self.chunk_batches * self.batch, (r + 1) * self.chunk_batches * self.batch
+        return (*self.carry, self.x[first:last].reshape(self.chunk_batches, self.batch, -1),
+                self.y[first:last].reshape(self.chunk_batches, self.batch))
 
-    a = jax.random.uniform(jax.random.key(0), (repeats, m, k), jnp.float32)
-    b = jax.random.uniform(jax.random.key(1), (k, n), jnp.float32)
+    def compile(self):
+        return compile_with_memory(self.chunk, *self.arguments(0))
 
-    @jax.jit
-    def loop(a, b):
-        return jax.lax.fori_loop(0, repeats, lambda i, acc: acc + a[i] @ b, jnp.zeros((m, n), jnp.float32))
-
-    jax.block_until_ready(loop(a, b))
-    return statistics.median(timed(loop, a, b)[0] for _ in range(5)) / repeats
+    def run(self, r):
+        seconds, (self.carry, _) = timed(self.chunk, *self.arguments(r))
+        return seconds
 
 
-def products_per_batch(sizes, batch, steps):
-    """Matrix products of one EP batch for a layered net: ((m, k, n), count) pairs.
+class MatmulCase:
+    """Seconds of one ``(m, k) @ (k, n)`` float32 product (the input projection and the weight
+    gradients' outer products), from a jitted loop of distinct products."""
 
-    Input projection x @ W_1 once; per relaxation step, every interaction W_l (l >= 2) is used in
-    both directions (s_{l-1} @ W_l and s_l @ W_l^T); per weight update, one outer product for W_1
-    (x^T times the difference of states) and two for each W_l, l >= 2 (both phases' states).
-    ``steps`` is the total number of relaxation steps of all phases.
-    """
-    products = [((batch, sizes[0], sizes[1]), 1), ((sizes[0], batch, sizes[1]), 1)]
+    def __init__(self, m, k, n, repeats=100):
+        import jax
+        import jax.numpy as jnp
+
+        self.a = jax.random.uniform(jax.random.key(0), (repeats, m, k), jnp.float32)
+        self.b = jax.random.uniform(jax.random.key(1), (k, n), jnp.float32)
+        self.repeats = repeats
+        self.loop = jax.jit(lambda a, b: jax.lax.fori_loop(
+            0, repeats, lambda i, acc: acc + a[i] @ b, jnp.zeros((m, n), jnp.float32)))
+
+    def run(self, r):
+        return timed(self.loop, self.a, self.b)[0] / self.repeats
+
+
+class ProductPairCase:
+    """Seconds of the two products a relaxation step makes with one interaction ``W`` of shape
+    ``(n_in, n_out)`` for a batch of ``m``: ``s_in @ W`` and ``s_out @ W^T``, chained
+    (``s <- (s @ W) @ W^T`` with orthonormal columns, so values stay put) with nothing else in the
+    loop, with ``W`` stored either way round; the faster layout counts. This is what the arithmetic
+    of a step costs when done as well as this machine does it, loop overhead included."""
+
+    def __init__(self, m, n_in, n_out, repeats=2000):
+        import jax
+        import jax.numpy as jnp
+
+        w, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (max(n_in, n_out), min(n_in, n_out))))
+        w = w if n_in >= n_out else w.T  # (n_in, n_out) with orthonormal columns or rows
+        s0 = jax.random.uniform(jax.random.key(1), (m, n_in), jnp.float32)
+        self.operands = ((w.astype(jnp.float32), s0), (jnp.asarray(w.T.copy(), jnp.float32), s0))
+        self.repeats = repeats
+        self.loops = (
+            jax.jit(lambda w, s: jax.lax.fori_loop(0, repeats, lambda i, s: (s @ w) @ w.T, s)),
+            jax.jit(lambda wt, s: jax.lax.fori_loop(0, repeats, lambda i, s: (s @ wt.T) @ wt, s)),
+        )
+
+    def run(self, r):
+        return min(timed(loop, *ops)[0] for loop, ops in zip(self.loops, self.operands)) / self.repeats
+
+
+def limit_terms(sizes, batch):
+    """The products of one EP batch of a layered net, as ``(kind, shape, count per step, count per
+    batch)``: the input projection ``x @ W_1`` and ``W_1``'s outer product once per batch; for each
+    interaction ``W_l`` (l >= 2) one product pair (both directions) per relaxation step and two
+    outer products per update (both phases' states)."""
+    terms = [("matmul", (batch, sizes[0], sizes[1]), 0, 1), ("matmul", (sizes[0], batch, sizes[1]), 0, 1)]
     for n_in, n_out in zip(sizes[1:-1], sizes[2:]):
-        products += [((batch, n_in, n_out), steps), ((batch, n_out, n_in), steps),
-                     ((n_in, batch, n_out), 2)]
-    return products
+        terms += [("pair", (batch, n_in, n_out), 1, 0), ("matmul", (n_in, batch, n_out), 0, 2)]
+    return terms
 
 
-def bench_matmul(name, ep_result):
-    config = variant_config(name)[1]
-    steps = sum(ep_result["mean_steps"].values())
-    products = products_per_batch(config["sizes"], config["batch_size"], steps)
-    per_batch = sum(count * matmul_seconds(*shape) for shape, count in products)
-    flops = sum(count * 2 * m * k * n for (m, k, n), count in products)
-    batches = EPOCH_EXAMPLES // config["batch_size"]
-    return {"limit_seconds_per_epoch": per_batch * batches, "gflop_per_epoch": flops * batches / 1e9,
-            "products": [[list(shape), count] for shape, count in products]}
+def per_epoch(case, chunk_batches):
+    """The timed rounds' seconds of a case, scaled to a 60,000-example epoch."""
+    return [t * EPOCH_EXAMPLES / (chunk_batches * case.batch) for t in case.times[1:]]
 
 
-def run_case(case, args, ep_results):
-    if case.startswith("matmul-"):
-        result = bench_matmul(case[len("matmul-"):], ep_results[case[len("matmul-"):]])
-    elif case.startswith("bp-"):
-        result = bench_bp(case[len("bp-"):], args.chunk, args.repeats)
-    else:
-        result = bench_ep(case, args.chunk, args.repeats)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return result
+def summarize(ep, bp, timers, compiled, chunk_batches):
+    """One table row's figures for an EP case against its BP case and its arithmetic limit."""
+    ep_epochs, bp_epochs = per_epoch(ep, chunk_batches), per_epoch(bp, chunk_batches)
+    mean_steps = {k: statistics.mean(s[k] for s in ep.steps[1:]) for k in ep.steps[1]}
+    steps = sum(mean_steps.values())
+    terms = limit_terms(ep.config["sizes"], ep.batch)
+    batches = EPOCH_EXAMPLES // ep.batch
+    limits = [batches * sum((steps * per_step + per_batch) * timers[(kind, shape)][r]
+                            for kind, shape, per_step, per_batch in terms)
+              for r in range(1, len(ep.times))]
+    flops = sum((steps * per_step * 2 + per_batch) * 2 * m * k * n for _, (m, k, n), per_step, per_batch in terms)
+    return {
+        "seconds_per_epoch": statistics.median(ep_epochs),
+        "compile_seconds": compiled[0][0],
+        "chunk_seconds": ep.times[1:],
+        "mean_steps": mean_steps,
+        "bp_seconds_per_epoch": statistics.median(bp_epochs),
+        "ep_over_bp": statistics.median(e / b for e, b in zip(ep_epochs, bp_epochs)),
+        "limit_seconds_per_epoch": statistics.median(limits),
+        "ep_over_limit": statistics.median(e / lim for e, lim in zip(ep_epochs, limits)),
+        "gflop_per_epoch": flops * batches / 1e9,
+        "ep_xla_mib": compiled[0][1], "bp_xla_mib": compiled[1][1],
+        "batch": ep.batch, "sizes": ep.config["sizes"],
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk", type=int, default=250, help="batches per timed chunk")
-    parser.add_argument("--repeats", type=int, default=5, help="timed chunks after the compile")
-    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # child process mode
-    parser.add_argument("--ep-results", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds after the compile round")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args()
-    if args.case:
-        ep_results = json.loads(args.ep_results) if args.ep_results else {}
-        print(json.dumps(run_case(args.case, args, ep_results)))
-        return
+    needed = (args.rounds + 1) * args.chunk * max(variant_config(n)["batch_size"] for n in VARIANTS)
+    if needed > EPOCH_EXAMPLES:
+        parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")
 
     import jax
+
+    x, y = mnist_on_device()
+    cases = {name: EPCase(name, x, y, args.chunk) for name in VARIANTS}
+    cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
+    kinds = {(kind, shape) for case in cases.values() if isinstance(case, EPCase)
+             for kind, shape, _, _ in limit_terms(case.config["sizes"], case.batch)}
+    timers = {key: (ProductPairCase if key[0] == "pair" else MatmulCase)(*key[1]) for key in sorted(kinds)}
+    compiled = {name: case.compile() for name, case in cases.items()}  # (seconds, MiB)
+    timer_seconds = {key: [] for key in timers}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        print(f"round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} ...", file=sys.stderr, flush=True)
+        for case in cases.values():
+            case.times.append(case.run(r))
+        for key, timer in timers.items():
+            timer_seconds[key].append(timer.run(r))
 
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                            "cpus": __import__("os").cpu_count(), "jax": jax.__version__,
                            "backend": jax.default_backend()},
-               "settings": {"chunk_batches": args.chunk, "timed_chunks": args.repeats}}
-    for case in CASES:
-        command = [sys.executable, __file__, "--case", case, "--chunk", str(args.chunk),
-                   "--repeats", str(args.repeats), "--ep-results",
-                   json.dumps({k: v for k, v in results.items() if k in VARIANTS})]
-        print(f"running {case} ...", flush=True)
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[case] = json.loads(out.strip().splitlines()[-1])
-
-    rows = []
-    for name, (base, _, label) in VARIANTS.items():
-        ep, bp, limit = results[name], results[f"bp-{base}"], results[f"matmul-{name}"]
-        ratios = {"ep_over_bp": ep["seconds_per_epoch"] / bp["seconds_per_epoch"],
-                  "ep_over_limit": ep["seconds_per_epoch"] / limit["limit_seconds_per_epoch"]}
-        results[name].update(ratios)
-        rows.append((label, ep["seconds_per_epoch"], ep["compile_seconds"], bp["seconds_per_epoch"],
-                     ratios["ep_over_bp"], limit["limit_seconds_per_epoch"], ratios["ep_over_limit"],
-                     limit["gflop_per_epoch"], ep["peak_rss_mib"], bp["peak_rss_mib"]))
+               "settings": {"chunk_batches": args.chunk, "timed_rounds": args.rounds},
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     header = ("model", "EP s/epoch", "compile s", "BP s/epoch", "EP/BP", "limit s/epoch", "EP/limit",
-              "GFLOP/epoch", "EP peak MiB", "BP peak MiB")
+              "GFLOP/epoch", "EP XLA MiB", "BP XLA MiB")
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    for name, (base, _, label) in VARIANTS.items():
+        row = results[name] = summarize(cases[name], cases[f"bp-{base}"], timer_seconds,
+                                        (compiled[name], compiled[f"bp-{base}"]), args.chunk)
+        figures = (row["seconds_per_epoch"], row["compile_seconds"], row["bp_seconds_per_epoch"], row["ep_over_bp"],
+                   row["limit_seconds_per_epoch"], row["ep_over_limit"], row["gflop_per_epoch"],
+                   row["ep_xla_mib"], row["bp_xla_mib"])
+        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in figures) + " |")
     for name in VARIANTS:
         print(f"{name}: mean relaxation steps per batch {results[name]['mean_steps']}")
+    print(f"peak RSS of the process (all cases and MNIST): {results['peak_rss_mib']:.0f} MiB")
     args.output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.output}")
 

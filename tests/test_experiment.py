@@ -85,3 +85,27 @@ def test_dhn_1h_reaches_published_range_in_three_epochs(tmp_path):
     run = train.main(["--model", "dhn-1h", "--epochs", "3", "--runs-dir", str(tmp_path)])
     final = [r for r in records(run) if r["kind"] == "epoch"][-1]
     assert final["test_error"] < 0.03
+
+
+def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
+    # a tiny `make bench` (2 batches per chunk, one timed round), in its own process as users run it
+    import subprocess
+
+    output = tmp_path / "results.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    done = subprocess.run([sys.executable, str(script), "--chunk", "2", "--rounds", "1", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(output.read_text())
+    for name in ("dhn-1h", "dhn-1h-fixed", "sb-500"):
+        row = results[name]
+        for key in ("seconds_per_epoch", "bp_seconds_per_epoch", "limit_seconds_per_epoch", "compile_seconds"):
+            assert np.isfinite(row[key]) and row[key] > 0, (name, key, row[key])
+        assert 0 < row["ep_over_bp"] < 100 and 0 < row["ep_over_limit"] < 100
+        assert row["ep_xla_mib"] > 0 and row["gflop_per_epoch"] > 0
+    # the fixed-step variant runs exactly 15 steps per phase; the default stops at most there
+    fixed_steps = results["dhn-1h-fixed"]["mean_steps"]
+    assert sorted(fixed_steps) == ["free_steps", "negative_steps", "positive_steps"]
+    assert all(v == pytest.approx(15.0, abs=1e-4) for v in fixed_steps.values())  # float32 means
+    assert all(1 <= v <= 15 for v in results["dhn-1h"]["mean_steps"].values())
+    assert "| DHN-1H, exactly 15/15/15 steps |" in done.stdout

@@ -102,3 +102,29 @@ def test_ep_nudged_solver_runs_its_own_step_budget():
     assert np.all(np.asarray(aux["free"]["num_steps"]) == 20)
     assert np.all(np.asarray(aux["positive"]["num_steps"]) == 4)
     assert "negative" not in aux
+
+
+@pytest.mark.parametrize("check_every", (2, 4, 7, 100))
+def test_check_every_visits_the_same_states_and_stops_on_a_tested_update(check_every):
+    model, params, x, y = random_problem(1, energy="bilinear", gain=0.5, bias_scale=0.5, batch=8)
+    cost = eqjax.costs.squared_error()
+    every_step = BlockCoordinate(tol=1e-6, max_steps=9)
+    # exactly 9 updates either way (tol = 0): the same states, bit for bit
+    fixed = [eqjax.relax(model, cost, s.replace(tol=0.0), params, x, y, beta=0.3)
+             for s in (every_step, every_step.replace(check_every=check_every))]
+    for a, b in zip(fixed[0].state, fixed[1].state):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.all(np.asarray(fixed[1].num_steps) == 9)
+    np.testing.assert_array_equal(np.asarray(fixed[0].residual), np.asarray(fixed[1].residual))
+    # with a tolerance: the stop comes at the first tested update below tol (or at max_steps),
+    # i.e. the first multiple of check_every at or after the every-step stop, capped at 9 (8 every-step updates reach 1e-3 here)
+    loose = BlockCoordinate(tol=1e-3, max_steps=9)
+    first = eqjax.relax(model, cost, loose, params, x, y, beta=0.3)
+    tested = eqjax.relax(model, cost, loose.replace(check_every=check_every), params, x, y, beta=0.3)
+    every = min(check_every, 9)
+    expected = min(-(-int(first.num_steps[0]) // every) * every, 9)
+    assert int(first.num_steps[0]) == 8 and np.all(np.asarray(tested.num_steps) == expected)
+    assert bool(tested.converged.all())
+    reference = eqjax.relax(model, cost, loose.replace(tol=0.0, max_steps=expected), params, x, y, beta=0.3)
+    for a, b in zip(tested.state, reference.state):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

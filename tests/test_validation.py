@@ -60,6 +60,8 @@ def test_bad_constructor_arguments():
         GradientDescent(step_size=-0.1)
     with pytest.raises(ValueError, match="max_steps must be a non-negative int"):
         BlockCoordinate(max_steps=2.5)
+    with pytest.raises(ValueError, match="check_every must be a positive int"):
+        BlockCoordinate(check_every=0)
     with pytest.raises(ValueError, match="method must be"):
         ImplicitDiff(method="lu")
     with pytest.raises(ValueError, match="output_bounds"):
