@@ -232,8 +232,8 @@ def relax_batch(model, cost, solver, params, x, y, beta, state0=None, drive=None
     Shapes: ``x`` ``(B, n_in)``; ``y`` ``(B,)`` or ``None``; ``beta`` a scalar; ``state0`` a batched
     state or ``None`` (all-zero start); ``drive`` the batch's :func:`input_drive_batch` (computed
     here, outside the loop, when ``None``). The batch relaxes in one loop (see :func:`iterate`).
-    Models may lay their parameters out for the loop with a ``relaxation_params(params)`` method
-    (same energy, faster products; see ``Hopfield.relaxation_params``).
+    Models may lay their parameters out for the loop with a ``product_layout(params)`` method
+    (same energy, faster products; see ``Hopfield.product_layout``).
     Returns a batched :class:`Equilibrium`.
     """
     F = total_energy(model, cost)
@@ -241,9 +241,9 @@ def relax_batch(model, cost, solver, params, x, y, beta, state0=None, drive=None
         drive = input_drive_batch(model, params, x)
     if state0 is None:
         state0 = jax.vmap(model.init_state)(x)
-    relaxation_params = getattr(model, "relaxation_params", None)
-    if relaxation_params is not None:
-        params = relaxation_params(params)
+    product_layout = getattr(model, "product_layout", None)
+    if product_layout is not None:
+        params = product_layout(params)
 
     def batch_energy(states):
         one = lambda s, x_i, y_i, d_i: F(params, s, x_i, y_i, beta, d_i)

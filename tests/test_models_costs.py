@@ -33,20 +33,34 @@ def test_energy_formula(energy):
     assert float(model.energy(params, state, x[0])) == pytest.approx(expected, rel=1e-12)
 
 
-def test_relaxation_params_keep_the_energy_and_transpose_only_narrowing_weights():
+def test_product_layout_keeps_the_energy_and_transposes_only_narrowing_weights():
     # sizes (6, 7, 5, 3): W_2 (7, 5) and W_3 (5, 3) narrow, so both get a transposed copy; (4, 6, 6)
     # has a square W_2, which keeps its layout
     model, params, x, _ = random_problem(2, energy="bilinear")
-    loop_params = model.relaxation_params(params)
+    loop_params = model.product_layout(params)
     assert [t.shape for t in loop_params["transposed_weights"]] == [(5, 7), (3, 5)]
     square = eqjax.models.hopfield((4, 6, 6))
-    assert square.relaxation_params(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
+    assert square.product_layout(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
     state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64) for i, n in enumerate(model.sizes[1:]))
     # the same sums in another order: equal to float64 round-off
     assert float(model.energy(loop_params, state, x[0])) == pytest.approx(float(model.energy(params, state, x[0])), rel=1e-12)
     grads = jax.grad(model.energy, argnums=1)(loop_params, state, x[0])
     for a, b in zip(grads, jax.grad(model.energy, argnums=1)(params, state, x[0])):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("energy", RHOS)
+def test_energy_difference_and_its_parameter_gradient_match_two_energies(energy):
+    # EP's weight update differentiates energy_difference (factored input term, narrowing weights
+    # read through their transposed copies); it must equal E(a) - E(b) and its gradient
+    model, params, x, _ = random_problem(3, energy=energy)
+    a, b = (tuple(jax.random.uniform(jax.random.key(k + i), (n,), jnp.float64, -0.5, 1.5)
+                  for i, n in enumerate(model.sizes[1:])) for k in (0, 10))
+    two = lambda p: model.energy(p, a, x[0]) - model.energy(p, b, x[0])
+    one = lambda p: model.energy_difference(p, a, b, x[0])
+    assert float(one(params)) == pytest.approx(float(two(params)), rel=1e-12)
+    for g, h in zip(jax.tree.leaves(jax.grad(one)(params)), jax.tree.leaves(jax.grad(two)(params))):
+        np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-12)  # the same sums, reordered
 
 
 def test_scellier_bengio_equals_bilinear_inside_the_box():
