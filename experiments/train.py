@@ -4,8 +4,8 @@
     python experiments/train.py --resume runs/<run>      # continue exactly where it stopped
 
 Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
-epoch), checkpoint.msgpack (flax serialization, written atomically after every chunk) and
-curve.png. Data order depends only on (seed, epoch), so a resumed run ends with the same
+epoch), checkpoint.msgpack (flax serialization, written atomically after every epoch, and after a chunk
+when the last save is --checkpoint-seconds old) and curve.png. Data order depends only on (seed, epoch), so a resumed run ends with the same
 parameters as an uninterrupted one.
 """
 
@@ -40,7 +40,10 @@ def parse_args(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
     parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
-    parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk / checkpoint")
+    parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk (and log line)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                        help="save a checkpoint after a chunk when the last one is this old (and at "
+                             "every epoch's end); 0 saves after every chunk")
     parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, VALUE in JSON (e.g. --set warm_start=false)")
@@ -171,7 +174,7 @@ def main(argv=None):
     chunk_fn = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
     eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
     base_key = jax.random.key(config["seed"] + 1)
-    chunks_done = 0
+    chunks_done, last_save = 0, time.monotonic()
     with open(metrics_path, "a") as log:
         for epoch in range(position["epoch"], config["epochs"]):
             order = np.random.default_rng([config["seed"], epoch]).permutation(len(x_train))
@@ -192,14 +195,18 @@ def main(argv=None):
                           "train_error": 1 - summary["accuracy"],
                           **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
                 position = {"epoch": epoch, "batch": last}
-                save_checkpoint(checkpoint, params, opt_state, state, position)
+                chunks_done += 1
+                stopping = bool(args.stop_after_chunks) and chunks_done >= args.stop_after_chunks
+                # a resume restarts from the last save and drops the log lines written after it
+                if stopping or time.monotonic() - last_save >= args.checkpoint_seconds:
+                    save_checkpoint(checkpoint, params, opt_state, state, position)
+                    last_save = time.monotonic()
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.update(last - first)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
                                 steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
-                chunks_done += 1
-                if args.stop_after_chunks and chunks_done >= args.stop_after_chunks:
+                if stopping:
                     bar.close()
                     print(f"stopped after {chunks_done} chunks (checkpoint in {run_dir})")
                     return run_dir

@@ -109,3 +109,15 @@ def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
     assert all(v == pytest.approx(15.0, abs=1e-4) for v in fixed_steps.values())  # float32 means
     assert all(1 <= v <= 15 for v in results["dhn-1h"]["mean_steps"].values())
     assert "| DHN-1H, exactly 15/15/15 steps |" in done.stdout
+
+
+@pytest.mark.parametrize("seconds, saves", [("0", 2 * 4 + 2), ("1e9", 2)])
+def test_checkpoints_after_every_epoch_and_chunks_only_when_due(tmp_path, monkeypatch, seconds, saves):
+    # SMALL: 2 epochs of 4 chunks; "0" saves after every chunk and epoch, "1e9" after epochs only
+    # (a persistent-particle store is 122 MB: saving it after every chunk cost seconds per epoch)
+    calls = []
+    real_save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda *a: (calls.append(a[-1]), real_save(*a)))
+    train.main(SMALL + ["--runs-dir", str(tmp_path), "--checkpoint-seconds", seconds])
+    assert len(calls) == saves
+    assert calls[-1] == {"epoch": 2, "batch": 0}
