@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -35,8 +36,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import optax
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
+import configs  # noqa: E402
+
+import eqjax  # noqa: E402
 
 EPOCH_EXAMPLES = 60_000
 # EP variants timed: a named config of experiments/configs.py with overrides. "dhn-1h" stops each
@@ -52,7 +60,6 @@ MIB = 2**20
 
 def variant_config(name):
     """The config dict of an EP variant, with ``batches_per_epoch`` set."""
-    import configs
 
     base, overrides, _ = VARIANTS[name]
     config = dict(configs.CONFIGS[base], **overrides)
@@ -60,16 +67,13 @@ def variant_config(name):
 
 
 def mnist_on_device():
-    import jax.numpy as jnp
 
-    import eqjax
 
     images, labels = eqjax.data.load("mnist", "train")
     return jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0, jnp.asarray(labels)
 
 
 def timed(fn, *args):
-    import jax
 
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -89,13 +93,11 @@ def compile_with_memory(jitted, *args) -> tuple[float, float]:
 
 
 class EPCase:
-    """EP training of a variant; ``run(r)`` trains on chunk ``r`` (consecutive batches) and returns
-    its seconds. Round 0 compiles."""
+    """EP training of a variant: ``compile()`` once, then ``run(r)`` trains on chunk ``r``
+    (consecutive batches, carrying parameters and state over) and returns its seconds."""
 
     def __init__(self, name, x, y, chunk_batches):
-        import jax
 
-        import configs
 
         self.config = variant_config(name)
         model, cost, solver, estimator, optimizer = configs.build(self.config)
@@ -106,8 +108,6 @@ class EPCase:
         self.steps, self.times = [], []
 
     def arguments(self, r):
-        import jax
-        import jax.numpy as jnp
 
         first = r * self.chunk_batches * self.batch
         index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
@@ -118,7 +118,6 @@ class EPCase:
         return compile_with_memory(self.chunk, *self.arguments(0))
 
     def run(self, r):
-        import jax.numpy as jnp
 
         seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
         self.carry = (params, opt_state, state)
@@ -132,11 +131,6 @@ class BPCase:
     and squared-error cost, SGD, one lax.scan per chunk."""
 
     def __init__(self, base, x, y, chunk_batches):
-        import jax
-        import optax
-
-        import configs
-
         config = configs.CONFIGS[base]
         model, cost = configs.build(dict(config, batches_per_epoch=1))[:2]
         optimizer = optax.sgd(0.05)
@@ -147,8 +141,8 @@ class BPCase:
         def loss(p, xb, yb):
             h = xb
             for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
-                h = jax.numpy.clip(h @ w + b, lo, hi)
-            return jax.numpy.mean(jax.vmap(cost)(h, yb))
+                h = jnp.clip(h @ w + b, lo, hi)
+            return jnp.mean(jax.vmap(cost)(h, yb))
 
         @functools.partial(jax.jit, donate_argnums=(0, 1))  # in place, as the EP chunks
         def chunk(p, s, xs, ys):
@@ -180,8 +174,6 @@ class MatmulCase:
     gradients' outer products), from a jitted loop of distinct products."""
 
     def __init__(self, m, k, n, repeats=100):
-        import jax
-        import jax.numpy as jnp
 
         self.a = jax.random.uniform(jax.random.key(0), (repeats, m, k), jnp.float32)
         self.b = jax.random.uniform(jax.random.key(1), (k, n), jnp.float32)
@@ -201,8 +193,6 @@ class ProductPairCase:
     of a step costs when done as well as this machine does it, loop overhead included."""
 
     def __init__(self, m, n_in, n_out, repeats=2000):
-        import jax
-        import jax.numpy as jnp
 
         w, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (max(n_in, n_out), min(n_in, n_out))))
         w = w if n_in >= n_out else w.T  # (n_in, n_out) with orthonormal columns or rows
@@ -270,8 +260,6 @@ def main():
     if needed > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")
 
-    import jax
-
     x, y = mnist_on_device()
     cases = {name: EPCase(name, x, y, args.chunk) for name in VARIANTS}
     cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
@@ -288,7 +276,7 @@ def main():
             timer_seconds[key].append(timer.run(r))
 
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cpus": __import__("os").cpu_count(), "jax": jax.__version__,
+                           "cpus": os.cpu_count(), "jax": jax.__version__,
                            "backend": jax.default_backend()},
                "settings": {"chunk_batches": args.chunk, "timed_rounds": args.rounds},
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
