@@ -4,9 +4,9 @@
     python experiments/train.py --resume runs/<run>      # continue exactly where it stopped
 
 Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
-epoch), checkpoint.msgpack (flax serialization, written atomically after every epoch, and after a chunk
-when the last save is --checkpoint-seconds old) and curve.png. Data order depends only on (seed, epoch), so a resumed run ends with the same
-parameters as an uninterrupted one.
+epoch), checkpoint.msgpack (flax serialization, written atomically after every epoch, and after a
+chunk when the last save is --checkpoint-seconds old) and curve.png. Data order depends only on
+(seed, epoch), so a resumed run ends with the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations

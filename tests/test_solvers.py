@@ -116,8 +116,9 @@ def test_check_every_visits_the_same_states_and_stops_on_a_tested_update(check_e
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert np.all(np.asarray(fixed[1].num_steps) == 9)
     np.testing.assert_array_equal(np.asarray(fixed[0].residual), np.asarray(fixed[1].residual))
-    # with a tolerance: the stop comes at the first tested update below tol (or at max_steps),
-    # i.e. the first multiple of check_every at or after the every-step stop, capped at 9 (8 every-step updates reach 1e-3 here)
+    # with a tolerance: the stop comes at the first tested update below tol (or at max_steps), i.e.
+    # the first multiple of check_every at or after the every-step stop (8 updates reach 1e-3
+    # here), capped at 9
     loose = BlockCoordinate(tol=1e-3, max_steps=9)
     first = eqjax.relax(model, cost, loose, params, x, y, beta=0.3)
     tested = eqjax.relax(model, cost, loose.replace(check_every=check_every), params, x, y, beta=0.3)
