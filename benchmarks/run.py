@@ -2,20 +2,21 @@
 
 Everything is measured in one process, interleaved: after compiling every case and one warm-up
 round, each round times one chunk of every case back to back, so a burst of load from other jobs
-on a shared machine hits all cases of that round alike. Ratios are taken within a round and reported as the median over
-rounds; seconds per 60,000-example epoch are medians over rounds too.
+on a shared machine hits all cases of that round alike. Ratios are taken within a round and
+reported as the median over rounds; seconds per 60,000-example epoch are medians over rounds too.
 
 - EP training of DHN-1H (784-1024-10, batch 16, centered EP, block-coordinate at most 15/15/15
   steps, stopping at the tolerance; and again with exactly 15/15/15) and of the Scellier-Bengio
   784-500-10 net (batch 20, gradient descent 20/4), exactly as `make train` runs them
   (`eqjax.train_chunk` under `jax.jit`, MNIST on device), from initialisation;
 - plain backprop on the same architectures (feedforward MLP, each layer clipped to the EP model's
-  box, same initialisation, cost, batch and SGD) trained the same way: the EP/BP ratio;
-- the arithmetic limit: the matrix products one EP batch needs (input projection once per batch,
-  the relaxation products for the measured mean number of steps per phase, one outer product per
-  layer and phase pair for the weight update), each timed at its shape in the same rounds (the
-  relaxation's two products per step chained in a loop of their own, in the faster weight
-  layout); our epoch time as a multiple of the summed limit;
+  box, same initialisation, cost and batch, SGD at one rate of 0.05) trained the same way: the
+  EP/BP ratio;
+- the arithmetic limit: the matrix products one EP batch needs (see `limit_terms`: the input
+  projection and W_1's outer product once per batch, the relaxation's two products per
+  interaction for the measured mean number of steps, two outer products per other weight), each
+  timed at its shape in the same rounds (the relaxation's two products chained in a loop of their
+  own, in the faster weight layout); our epoch time as a multiple of the summed limit;
 - compile time of each case's chunk function (once; no later chunk recompiles);
 - memory: XLA's buffer sizes for one compiled chunk of each case (arguments, outputs and
   temporaries: the working set of training, without the data set), and the process's peak RSS.
@@ -68,13 +69,11 @@ def variant_config(name):
 
 def mnist_on_device():
 
-
     images, labels = eqjax.data.load("mnist", "train")
     return jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0, jnp.asarray(labels)
 
 
 def timed(fn, *args):
-
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return time.perf_counter() - start, out
@@ -98,7 +97,6 @@ class EPCase:
 
     def __init__(self, name, x, y, chunk_batches):
 
-
         self.config = variant_config(name)
         model, cost, solver, estimator, optimizer = configs.build(self.config)
         self.chunk = configs.chunk_function(self.config, model, cost, solver, estimator, optimizer)
@@ -108,7 +106,6 @@ class EPCase:
         self.steps, self.times = [], []
 
     def arguments(self, r):
-
         first = r * self.chunk_batches * self.batch
         index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
         keys = jax.random.split(jax.random.key(first), self.chunk_batches)
@@ -118,7 +115,6 @@ class EPCase:
         return compile_with_memory(self.chunk, *self.arguments(0))
 
     def run(self, r):
-
         seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
         self.carry = (params, opt_state, state)
         self.steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
@@ -128,7 +124,8 @@ class EPCase:
 class BPCase:
     """Backprop on the same architecture: each layer clipped to the EP model's box (hard-sigmoid
     hidden units; DHN's outputs are linear, Scellier-Bengio's in [0, 1]), the same initialisation
-    and squared-error cost, SGD, one lax.scan per chunk."""
+    and squared-error cost, SGD at 0.05 (the rate does not change the time), one lax.scan per
+    chunk."""
 
     def __init__(self, base, x, y, chunk_batches):
         config = configs.CONFIGS[base]
@@ -171,10 +168,10 @@ class BPCase:
 
 class MatmulCase:
     """Seconds of one ``(m, k) @ (k, n)`` float32 product (the input projection and the weight
-    gradients' outer products), from a jitted loop of distinct products."""
+    gradients' outer products), from a jitted loop of distinct products; each also pays an
+    ``(m, n)`` addition into the accumulator, which makes the limit slightly conservative."""
 
     def __init__(self, m, k, n, repeats=100):
-
         self.a = jax.random.uniform(jax.random.key(0), (repeats, m, k), jnp.float32)
         self.b = jax.random.uniform(jax.random.key(1), (k, n), jnp.float32)
         self.repeats = repeats
@@ -193,7 +190,6 @@ class ProductPairCase:
     of a step costs when done as well as this machine does it, loop overhead included."""
 
     def __init__(self, m, n_in, n_out, repeats=2000):
-
         w, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (max(n_in, n_out), min(n_in, n_out))))
         w = w if n_in >= n_out else w.T  # (n_in, n_out) with orthonormal columns or rows
         s0 = jax.random.uniform(jax.random.key(1), (m, n_in), jnp.float32)
@@ -256,6 +252,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=21, help="timed rounds after the warm-up round")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = parser.parse_args()
+    if args.rounds < 1 or args.chunk < 1:
+        parser.error("--rounds and --chunk must be at least 1")
     needed = (args.rounds + 1) * args.chunk * max(variant_config(n)["batch_size"] for n in VARIANTS)
     if needed > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")

@@ -1,9 +1,10 @@
 """Relaxation solvers: find a minimum of ``F`` over the state inside a box.
 
 A solver is a frozen dataclass. Its tolerances and step sizes are traced pytree leaves (changing them
-never recompiles, ``jax.vmap`` over them works); ``max_steps`` is static. ``solver.update(F, s,
-bounds)`` applies one iteration of its map ``T``; :func:`iterate` is the single loop owner that runs
-``T`` in a ``jax.lax.while_loop`` until ``max|T(s) - s| < tol`` or ``max_steps`` is reached.
+never recompiles, ``jax.vmap`` over them works); ``max_steps`` and ``check_every`` (how often the
+tolerance is tested) are static. ``solver.update(F, s, bounds)`` applies one iteration of its map
+``T``; :func:`iterate` is the single loop owner that runs ``T`` in a ``jax.lax.while_loop`` until
+``max|T(s) - s| < tol`` or ``max_steps`` is reached.
 
 ``F`` is a function of the state alone (parameters, input, label and ``beta`` bound). The update
 maps work on one example or on a batch (leading axis) alike; :func:`relax_batch` relaxes a whole
@@ -74,8 +75,9 @@ def iterate(update: Callable, state0: tuple, tol, max_steps: int, check_every: i
     state that it needs, cost about a quarter of a DHN-1H block-coordinate sweep. With
     ``check_every >= max_steps`` the loop runs exactly ``max_steps`` updates and measures only the
     last one (the papers' fixed-step setting, at its lowest cost). The states visited do not
-    depend on ``check_every``; only the stopping point does, which may come up to
-    ``check_every - 1`` updates after the first update below ``tol``.
+    depend on ``check_every``; only the stopping point does: the first tested update below
+    ``tol`` (for a contractive update, at most ``check_every - 1`` updates after the first update
+    below ``tol``).
     """
     if max_steps == 0:
         residual = per_example_max_abs_difference(update(state0), state0)
@@ -102,7 +104,8 @@ def iterate(update: Callable, state0: tuple, tol, max_steps: int, check_every: i
         return jax.lax.while_loop(cond, body, carry)
 
     carry = (*block(state0, every), jnp.asarray(every, jnp.int32))
-    carry = blocks_while_unconverged(carry, every)
+    if 2 * every <= max_steps:  # room for a second full block
+        carry = blocks_while_unconverged(carry, every)
     if max_steps % every:  # one shorter block reaches max_steps exactly
         carry = blocks_while_unconverged(carry, max_steps % every)
     state, residual, steps = carry

@@ -1,7 +1,7 @@
 """Train an EP model on MNIST / Fashion-MNIST: the main job behind `make train`.
 
     python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 5] [--seed 0]
-    python experiments/train.py --resume runs/<run>      # continue exactly where it stopped
+    python experiments/train.py --resume runs/<run>      # continue from its last checkpoint
 
 Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
 epoch), checkpoint.msgpack (flax serialization, written atomically after every epoch, and after a
@@ -197,12 +197,13 @@ def main(argv=None):
                 position = {"epoch": epoch, "batch": last}
                 chunks_done += 1
                 stopping = bool(args.stop_after_chunks) and chunks_done >= args.stop_after_chunks
-                # a resume restarts from the last save and drops the log lines written after it
+                # the log line first: a resume restarts from the last save and drops the lines
+                # written after it, so no line is lost or repeated
+                log.write(json.dumps(record) + "\n")
+                log.flush()
                 if stopping or time.monotonic() - last_save >= args.checkpoint_seconds:
                     save_checkpoint(checkpoint, params, opt_state, state, position)
                     last_save = time.monotonic()
-                log.write(json.dumps(record) + "\n")
-                log.flush()
                 bar.update(last - first)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
                                 steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
@@ -223,6 +224,7 @@ def main(argv=None):
                   f"{100 * error:.2f}%, {train_time:.1f} s")
             position = {"epoch": epoch + 1, "batch": 0}
             save_checkpoint(checkpoint, params, opt_state, state, position)
+            last_save = time.monotonic()
             plot_curve(run_dir, read_records(metrics_path))
     final = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
     if final:
