@@ -117,7 +117,7 @@ def iterate(update: Callable, state0: tuple, tol, max_steps: int, check_every: i
     )
 
 
-def _check_max_steps(max_steps, check_every):
+def _check_step_counts(max_steps, check_every):
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
         raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
@@ -143,7 +143,7 @@ class GradientDescent:
     check_every: int = struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
-        _check_max_steps(self.max_steps, self.check_every)
+        _check_step_counts(self.max_steps, self.check_every)
         if _is_concrete_number(self.step_size) and not self.step_size > 0:
             raise ValueError(f"step_size must be positive, got {self.step_size!r}")
 
@@ -202,7 +202,7 @@ class BlockCoordinate:
     check_every: int = struct.field(pytree_node=False, default=1)
 
     def __post_init__(self):
-        _check_max_steps(self.max_steps, self.check_every)
+        _check_step_counts(self.max_steps, self.check_every)
 
     def update(self, F: Callable, state: tuple, bounds) -> tuple:
         """One sweep: the even layers, then the odd layers, each minimised exactly."""

@@ -43,7 +43,8 @@ def test_product_layout_keeps_the_energy_and_transposes_only_narrowing_weights()
     assert square.product_layout(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
     state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64) for i, n in enumerate(model.sizes[1:]))
     # the same sums in another order: equal to float64 round-off
-    assert float(model.energy(loop_params, state, x[0])) == pytest.approx(float(model.energy(params, state, x[0])), rel=1e-12)
+    assert float(model.energy(loop_params, state, x[0])) == pytest.approx(
+        float(model.energy(params, state, x[0])), rel=1e-12)
     grads = jax.grad(model.energy, argnums=1)(loop_params, state, x[0])
     for a, b in zip(grads, jax.grad(model.energy, argnums=1)(params, state, x[0])):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

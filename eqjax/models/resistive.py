@@ -16,7 +16,8 @@ Layer 0 holds voltage sources at ``input_gain * x`` and ``-input_gain * x`` (inp
 negated). Each hidden layer has diode units: the first half cannot go below 0 V (a diode from the
 node to ground, cathode at the node), the second half cannot go above 0 V (anode at the node). With
 ``diode="ideal"`` they are bounds of the state box; with ``diode="shockley"`` their co-content
-``D`` (below) is added and the state is unbounded. The output layer is linear. The energy is quadratic in each layer with no intra-layer coupling, so
+``D`` (below) is added and the state is unbounded. The output layer is linear. The energy is
+quadratic in each layer with no intra-layer coupling, so
 :class:`~eqjax.solvers.BlockCoordinate` is exact coordinate descent for ideal diodes: each node
 settles at the conductance-weighted average of its neighbours, clipped by its diode.
 
