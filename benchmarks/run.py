@@ -99,7 +99,8 @@ class EPCase:
 
         self.config = variant_config(name)
         model, cost, solver, estimator, optimizer = configs.build(self.config)
-        self.chunk = configs.chunk_function(self.config, model, cost, solver, estimator, optimizer)
+        self.chunk = configs.chunk_function(self.config, model, cost, optimizer)
+        self.hyper = (solver, estimator)
         params = model.init(jax.random.key(0))
         self.carry = (params, optimizer.init(params), configs.initial_state(self.config, model, len(x)))
         self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config["batch_size"]
@@ -109,7 +110,7 @@ class EPCase:
         first = r * self.chunk_batches * self.batch
         index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
         keys = jax.random.split(jax.random.key(first), self.chunk_batches)
-        return (*self.carry, self.x[index], self.y[index], index, keys)
+        return (*self.carry, *self.hyper, self.x[index], self.y[index], index, keys)
 
     def compile(self):
         return compile_with_memory(self.chunk, *self.arguments(0))

@@ -1,14 +1,16 @@
 """eqjax: equilibrium propagation and energy-based learning in JAX."""
 
-from eqjax import analog, costs, data, estimators, models, solvers, synthetic
+from eqjax import analog, costs, data, estimators, loop, models, phases, solvers, synthetic
 from eqjax._checks import check_inputs, check_params
 from eqjax.api import evaluate, gradients, relax
-from eqjax.solvers import Equilibrium
-from eqjax.train import summarize, train_chunk, train_epoch, train_step, warm_start_step
+from eqjax.equilibrium import RESULTS, Equilibrium
+from eqjax.relaxation import relax_batch
+from eqjax.train import summarize, train_chunk, train_epoch, train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RESULTS",
     "Equilibrium",
     "analog",
     "check_inputs",
@@ -18,13 +20,15 @@ __all__ = [
     "estimators",
     "evaluate",
     "gradients",
+    "loop",
     "models",
+    "phases",
     "relax",
+    "relax_batch",
     "solvers",
     "synthetic",
     "summarize",
     "train_chunk",
     "train_epoch",
     "train_step",
-    "warm_start_step",
 ]

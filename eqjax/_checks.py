@@ -1,92 +1,150 @@
-"""Input validation at the API boundary.
+"""Input validation, eager and inside jit.
 
-Checks that need values (finiteness, label range, ``beta != 0``) run only on concrete arrays; under
-``jax.jit`` or ``jax.vmap`` they are skipped and the caller validates the data once up front with
-:func:`check_inputs` and :func:`check_params` (``eqjax.check_inputs``, ``eqjax.check_params``), as
-the training script does.
+Every check that needs values is written once, as a dict ``{message: violated}`` of boolean arrays
+(``input_errors``, ``param_errors``, a solver's or estimator's ``errors()``, a model's
+``parameter_errors``). The same conditions are
+
+- raised eagerly as ``ValueError`` by :func:`raise_if_concrete` when the values are concrete (also
+  for concrete arrays closed over inside a user's ``jax.jit``: they are evaluated with
+  ``jax.ensure_compile_time_eval``, never converted from tracers);
+- attached to the computation with ``equinox.error_if`` by :func:`error_if` when the caller asks
+  for ``throw=True``: a jitted or vmapped program then stops with that message at run time.
+
+Shape, dtype and structure checks need no values and always run.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import equinox
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def is_concrete(value) -> bool:
-    """True when ``value`` holds actual numbers (not a tracer inside jit/vmap/grad)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+from eqjax.models.base import EnergyModel, missing_members
 
 
-def _all_finite(tree) -> bool:
-    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+def _is_concrete_numeric(leaf) -> bool:
+    if isinstance(leaf, jax.core.Tracer):
+        return False
+    return isinstance(leaf, (int, float, complex, np.ndarray, np.generic, jax.Array))
+
+
+def raise_if_concrete(values, conditions: Callable[[], dict]) -> None:
+    """Raise ``ValueError`` for the first violated condition, when every leaf of ``values`` is a
+    concrete number or array; do nothing for traced values (see :func:`error_if`).
+
+    ``conditions`` is a thunk returning ``{message: violated}``; it is evaluated eagerly (with
+    ``jax.ensure_compile_time_eval``), so this also works for concrete values inside a jit trace.
+    """
+    if not all(_is_concrete_numeric(leaf) for leaf in jax.tree.leaves(values)):
+        return
+    with jax.ensure_compile_time_eval():
+        for message, violated in conditions().items():
+            if not isinstance(violated, jax.core.Tracer) and np.any(np.asarray(violated)):
+                raise ValueError(message)
+
+
+def error_if(x, conditions: dict):
+    """``x`` with every ``{message: violated}`` condition attached by ``equinox.error_if``: at run
+    time (also under ``jax.jit``/``jax.vmap``) a violated condition raises an error carrying the
+    message. Use the returned ``x`` so the checks stay in the program."""
+    for message, violated in conditions.items():
+        x = equinox.error_if(x, jnp.any(violated), message)
+    return x
+
+
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def check_model(model) -> None:
+    """``TypeError`` unless ``model`` is an :class:`~eqjax.models.EnergyModel`, naming what is missing."""
+    if isinstance(model, EnergyModel):
+        return
+    missing = missing_members(model)
+    detail = f"; it lacks {', '.join(missing)}" if missing else ""
+    raise TypeError(f"model must subclass eqjax.models.EnergyModel (got {type(model).__name__}{detail}); "
+                    "see docs/extending.md")
+
+
+def input_errors(model, x, y=None) -> dict:
+    """``{message: violated}`` for the values of a batch: finite inputs, labels in range."""
+    errors = {"x contains NaN or infinite values": ~all_finite(x)}
+    if y is not None:
+        n = model.num_outputs
+        errors[f"y holds labels outside [0, {n - 1}] (the model has {n} output units)"] = (y < 0) | (y >= n)
+    return errors
+
+
+def param_errors(model, params) -> dict:
+    """``{message: violated}`` for parameter values: finite, and the model's own constraints."""
+    return {"params contain NaN or infinite values": ~all_finite(params), **model.parameter_errors(params)}
 
 
 def check_inputs(model, x, y=None) -> None:
     """Raise ``TypeError``/``ValueError`` naming ``x`` or ``y`` when a batch does not fit ``model``.
 
-    ``x``: floating array ``(batch, n_in)``, finite. ``y``: integer array ``(batch,)`` with labels in
-    ``[0, n_out)``.
+    ``x``: floating array ``(batch, *model.input_shape)``, finite. ``y``: integer array ``(batch,)``
+    with labels in ``[0, model.num_outputs)``. Value checks run when the arrays are concrete.
     """
+    check_model(model)
+    shape = tuple(model.input_shape)
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"x must be an array of shape (batch, {model.num_inputs}), got {type(x).__name__}")
+        raise TypeError(f"x must be an array of shape (batch, {', '.join(map(str, shape))}), got {type(x).__name__}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"x must be a floating array (e.g. images scaled to [0, 1]), got dtype {x.dtype}"
-        )
-    if x.ndim != 2 or x.shape[1] != model.num_inputs:
-        raise ValueError(
-            f"x must have shape (batch, {model.num_inputs}) for this model, got {tuple(x.shape)}"
-        )
-    if is_concrete(x) and not _all_finite(x):
-        raise ValueError("x contains NaN or infinite values")
-    if y is None:
-        return
-    if not hasattr(y, "dtype") or not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(
-            f"y must be an integer array of class labels, got {getattr(y, 'dtype', type(y).__name__)}"
-        )
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    if is_concrete(y) and y.size:
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
-        if lo < 0 or hi >= model.num_outputs:
-            raise ValueError(
-                f"y holds labels in [{lo}, {hi}] but the model has {model.num_outputs} output units "
-                f"(labels must lie in [0, {model.num_outputs - 1}])"
-            )
+        raise TypeError(f"x must be a floating array (e.g. images scaled to [0, 1]), got dtype {x.dtype}")
+    if x.ndim != 1 + len(shape) or tuple(x.shape[1:]) != shape:
+        raise ValueError(f"x must have shape (batch, {', '.join(map(str, shape))}) for this model, "
+                         f"got {tuple(x.shape)}")
+    if y is not None:
+        if not hasattr(y, "dtype") or not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"y must be an integer array of class labels, got {getattr(y, 'dtype', type(y).__name__)}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    raise_if_concrete((x, y), lambda: input_errors(model, x, y))
 
 
 def check_params(model, params) -> None:
-    """Raise when ``params`` does not have the structure and shapes of ``model.init`` or is not finite."""
+    """Raise when ``params`` does not have the structure and shapes of ``model.init``, is not
+    finite, or breaks the model's constraints (e.g. negative conductances)."""
     expected = jax.eval_shape(model.init, jax.random.key(0))
     if jax.tree.structure(params) != jax.tree.structure(expected):
-        raise ValueError(
-            f"params do not match the model's structure: expected {jax.tree.structure(expected)}, "
-            f"got {jax.tree.structure(params)}"
-        )
-    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
-        if tuple(got.shape) != tuple(want.shape):
-            raise ValueError(
-                f"params shapes do not match the model sizes {model.sizes}: "
-                f"expected {[tuple(l.shape) for l in jax.tree.leaves(expected)]}, "
-                f"got {[tuple(l.shape) for l in jax.tree.leaves(params)]}"
-            )
-    if is_concrete(params) and not _all_finite(params):
-        raise ValueError("params contain NaN or infinite values")
-
-
-def check_state(model, state, batch: int, name: str = "state0") -> None:
-    """Raise when a batched start state does not have the per-layer shapes ``(batch, n_l)``."""
-    want = [(batch, n) for n in model.sizes[1:]]
-    got = [tuple(np.shape(s)) for s in jax.tree.leaves(state)]
+        raise ValueError(f"params do not match the model's structure: expected {jax.tree.structure(expected)}, "
+                         f"got {jax.tree.structure(params)}")
+    got = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(params)]
+    want = [tuple(leaf.shape) for leaf in jax.tree.leaves(expected)]
     if got != want:
-        raise ValueError(f"{name} must be a tuple of arrays with shapes {want}, got {got}")
+        raise ValueError(f"params shapes do not match the model: expected {want}, got {got}")
+    raise_if_concrete(params, lambda: param_errors(model, params))
 
 
-def check_beta(beta, name: str = "beta") -> None:
-    """EP needs a nonzero nudging strength (the estimate divides by it)."""
-    if is_concrete(beta):
-        value = np.asarray(beta)
-        if value.ndim == 0 and (value == 0 or not np.isfinite(value)):
-            raise ValueError(f"{name} must be a finite nonzero number for EP, got {beta!r}")
+def check_state(model, state, x, name: str = "state0") -> None:
+    """Raise when a batched start state does not have the shapes of ``model.init_state`` per example."""
+    expected = jax.eval_shape(jax.vmap(model.init_state), x)
+    want = [tuple(leaf.shape) for leaf in jax.tree.leaves(expected)]
+    got = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(state)]
+    if jax.tree.structure(state) != jax.tree.structure(expected) or got != want:
+        raise ValueError(f"{name} must have the structure of the model's state with shapes {want}, got {got}")
+
+
+def guard_inputs(model, params, x, y, *parts):
+    """``x`` carrying (``equinox.error_if``) every value check of the batch, the parameters and the
+    ``parts`` (solvers, estimators, phases: anything with ``errors()``); for ``throw=True``."""
+    conditions = {**input_errors(model, x, y), **param_errors(model, params)}
+    for part in parts:
+        conditions.update(part.errors())
+    return error_if(x, conditions)
+
+
+def guard_equilibria(tree, equilibria: dict):
+    """``tree`` carrying an error for any example that went non-finite in one of the named
+    relaxations (``{phase name: status array}``); for ``throw=True``."""
+    from eqjax.equilibrium import RESULTS
+
+    return error_if(tree, {f"the relaxation of the {name} phase went NaN or infinite for some examples (a "
+                           "diverging step size, or non-finite inputs or parameters)": status == RESULTS.NONFINITE
+                           for name, status in equilibria.items()})

@@ -1,68 +1,109 @@
 """Public entry points with input validation: :func:`relax`, :func:`gradients`, :func:`evaluate`.
 
-Each checks its arguments (shapes, dtypes, label range, finiteness, when the values are concrete)
-and then calls a jitted core. The model and cost are static; solver and estimator are pytrees whose
+Each checks its arguments and then calls a jitted core:
+
+- shapes, dtypes and structure always (they are known also under a user's ``jax.jit``);
+- values (finite inputs and parameters, labels in range, ``beta`` finite and nonzero, ``tol >= 0``,
+  model constraints such as non-negative conductances) eagerly whenever they are concrete;
+- with ``throw=True`` the same value checks, plus "no relaxation went non-finite", inside the
+  compiled program (``equinox.error_if``), so traced values are checked too.
+
+The model and cost are pytrees with static structure; solver, estimator and phase are pytrees whose
 numeric fields (``beta``, step sizes, tolerances) are traced, so changing them does not recompile.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 
-from eqjax._checks import check_inputs, check_params, check_state
+from eqjax._checks import (check_inputs, check_params, check_state, guard_equilibria, guard_inputs,
+                           raise_if_concrete)
+from eqjax.costs import as_cost
+from eqjax.equilibrium import Equilibrium
 from eqjax.estimators import free_phase_aux
-from eqjax.solvers import Equilibrium, relax_batch
-
-_relax = jax.jit(relax_batch)
-
-
-@jax.jit
-def _estimate(estimator, model, cost, solver, params, x, y, state0):
-    return estimator.estimate(model, cost, solver, params, x, y, state0)
+from eqjax.phases import Free, as_phase
+from eqjax.relaxation import relax_batch
 
 
-def _check(model, params, x, y, state0):
+def _check(model, params, x, y, state0, *parts):
     check_inputs(model, x, y)
     check_params(model, params)
     if state0 is not None:
-        check_state(model, state0, x.shape[0])
+        check_state(model, state0, x)
+    for part in parts:
+        raise_if_concrete(part, part.errors)
 
 
-def relax(model, cost, solver, params, x, y=None, beta=0.0, state0=None) -> Equilibrium:
-    """Relax a batch to a minimum of ``F = E + beta * C``.
+def _statuses(aux: dict) -> dict:
+    return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
+
+
+@functools.partial(jax.jit, static_argnames="throw")
+def _relax(model, cost, solver, params, x, y, phase, state0, key, throw):
+    if throw:
+        x = guard_inputs(model, params, x, y, solver, phase)
+    equilibrium = relax_batch(model, cost, solver, params, x, y, phase, state0, key)
+    return guard_equilibria(equilibrium, {type(phase).__name__.lower(): equilibrium.status}) if throw else equilibrium
+
+
+def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=None, throw=False) -> Equilibrium:
+    """Relax a batch to a minimum of the energy plus what ``phase`` adds.
 
     Args:
-      model, cost: static model and cost values.
+      model: an :class:`~eqjax.models.EnergyModel`. cost: a :class:`~eqjax.costs.Cost` or a
+        function ``(output, label) -> scalar``.
       solver: e.g. ``GradientDescent`` or ``BlockCoordinate`` (numeric fields traced).
       params: the model's parameter pytree.
-      x: ``(B, n_in)`` floating inputs. y: ``(B,)`` integer labels, or ``None`` for the free phase.
-      beta: nudging strength (traced scalar); ignored when ``y`` is ``None``.
-      state0: batched start state (tuple of ``(B, n_l)``), default all zeros.
+      x: ``(B, *model.input_shape)`` floating inputs. y: ``(B,)`` integer labels, or ``None``.
+      phase: an :mod:`eqjax.phases` value, or a number ``beta`` for ``Nudge(beta)``; ``None``/``0``
+        is the free phase.
+      state0: batched start state, default ``model.init_state`` per example.
+      key: PRNG key for stochastic solvers.
+      throw: check values inside the compiled program too (see the module docstring).
     Returns:
-      a batched :class:`~eqjax.solvers.Equilibrium`.
+      a batched :class:`~eqjax.equilibrium.Equilibrium`; its ``status`` says per example whether it
+      converged, hit ``max_steps`` or went non-finite.
     """
-    _check(model, params, x, y, state0)
-    return _relax(model, cost, solver, params, x, y, beta, state0)
+    cost, phase = as_cost(cost), as_phase(phase)
+    _check(model, params, x, y, state0, solver, phase)
+    return _relax(model, cost, solver, params, x, y, phase, state0, key, throw)
 
 
-def gradients(model, cost, solver, estimator, params, x, y, state0=None):
+@functools.partial(jax.jit, static_argnames="throw")
+def _estimate(estimator, model, cost, solver, params, x, y, state0, key, throw):
+    if throw:
+        x = guard_inputs(model, params, x, y, solver, estimator)
+    grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
+    return guard_equilibria((grads, aux), _statuses(aux)) if throw else (grads, aux)
+
+
+def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=None, throw=False):
     """Estimate the gradient of the batch-mean loss at the free equilibrium.
 
     Returns ``(grads, aux)``: ``grads`` has the structure of ``params`` (optax convention: descend
     it); ``aux`` carries per-example ``loss``, ``accuracy``, ``prediction``, ``free_state`` and per
-    phase ``num_steps``/``residual``/``converged`` (see :mod:`eqjax.estimators`).
+    phase ``num_steps``/``residual``/``status``/``converged`` (see :mod:`eqjax.estimators`).
+    Arguments as in :func:`relax`.
     """
-    _check(model, params, x, y, state0)
-    return _estimate(estimator, model, cost, solver, params, x, y, state0)
+    cost = as_cost(cost)
+    _check(model, params, x, y, state0, solver, estimator)
+    return _estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
 
 
-@jax.jit
-def _evaluate(model, cost, solver, params, x, y, state0):
-    free = relax_batch(model, cost, solver, params, x, None, 0.0, state0)
-    return free_phase_aux(model, cost, free, y)
+@functools.partial(jax.jit, static_argnames="throw")
+def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
+    if throw:
+        x = guard_inputs(model, params, x, y, solver)
+    free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
+    aux = free_phase_aux(model, cost, free, y)
+    return guard_equilibria(aux, _statuses(aux)) if throw else aux
 
 
-def evaluate(model, cost, solver, params, x, y, state0=None) -> dict:
-    """Free-phase predictions: per-example ``loss``, ``accuracy``, ``prediction`` and diagnostics."""
-    _check(model, params, x, y, state0)
-    return _evaluate(model, cost, solver, params, x, y, state0)
+def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=False) -> dict:
+    """Free-phase predictions: per-example ``loss``, ``accuracy``, ``prediction`` and diagnostics.
+    Arguments as in :func:`relax`."""
+    cost = as_cost(cost)
+    _check(model, params, x, y, state0, solver)
+    return _evaluate(model, cost, solver, params, x, y, state0, key, throw)

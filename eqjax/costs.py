@@ -1,11 +1,14 @@
-"""Costs on the output units and the total energy ``F = E + beta * C``.
+"""Costs on the output units.
 
-A cost is a frozen dataclass called as ``cost(output, label)`` on one example: ``output`` of shape
-``(n_out,)`` (the model's output units), ``label`` an integer class index; it returns a scalar.
+A cost is called as ``cost(output, label)`` on one example: ``output`` of shape ``(n_out,)`` (the
+model's output units), ``label`` an integer class index; it returns a scalar. Built-in costs
+subclass :class:`Cost` (frozen pytree dataclasses); any plain function with that signature works
+too: the API wraps it with :func:`as_cost`.
 """
 
 from __future__ import annotations
 
+import abc
 from typing import Callable
 
 import jax
@@ -13,8 +16,34 @@ import jax.numpy as jnp
 from flax import struct
 
 
-@struct.dataclass
-class SquaredError:
+class Cost(struct.PyTreeNode, abc.ABC):
+    """The interface of a cost: ``__call__(output, label) -> scalar`` for one example."""
+
+    @abc.abstractmethod
+    def __call__(self, output: jax.Array, label: jax.Array) -> jax.Array:
+        """The cost of one example's output units ``(n_out,)`` for an integer ``label``."""
+
+
+class FunctionCost(Cost):
+    """A plain function ``fn(output, label) -> scalar`` as a :class:`Cost` (``fn`` is static: a new
+    function object means a new compilation)."""
+
+    fn: Callable = struct.field(pytree_node=False)
+
+    def __call__(self, output, label):
+        return self.fn(output, label)
+
+
+def as_cost(cost) -> Cost:
+    """``cost`` as a :class:`Cost`: returned as is, or a callable wrapped in :class:`FunctionCost`."""
+    if isinstance(cost, Cost):
+        return cost
+    if callable(cost):
+        return FunctionCost(cost)
+    raise TypeError(f"cost must be an eqjax.costs.Cost or a function (output, label) -> scalar, got {cost!r}")
+
+
+class SquaredError(Cost):
     """``C = 1/2 ||o - onehot(y)||^2`` (``half=True``) or ``||o - onehot(y)||^2`` (``half=False``,
     the form of Scellier & Bengio 2017)."""
 
@@ -26,8 +55,7 @@ class SquaredError:
         return 0.5 * total if self.half else total
 
 
-@struct.dataclass
-class CrossEntropy:
+class CrossEntropy(Cost):
     """``C = -log softmax(o)[y]``: a softmax readout of the output units (Laborieux et al. 2021)."""
 
     def __call__(self, output: jax.Array, label: jax.Array) -> jax.Array:
@@ -47,20 +75,3 @@ def cross_entropy() -> CrossEntropy:
 def predict(output: jax.Array) -> jax.Array:
     """Predicted class: the index of the largest output unit (works on any leading batch shape)."""
     return jnp.argmax(output, axis=-1)
-
-
-def total_energy(model, cost) -> Callable:
-    """``F(params, state, x, y, beta) = E(params, state, x) + beta * C(output(state), y)``.
-
-    One example. ``beta`` is a traced scalar, real or complex; ``y`` is an integer label, or
-    ``None`` for the free energy alone (then ``beta`` is ignored). ``drive`` optionally passes the
-    model's precomputed input field (see ``Hopfield.input_drive``) to ``model.energy``.
-    """
-
-    def F(params, state, x, y, beta, drive=None):
-        energy = model.energy(params, state, x) if drive is None else model.energy(params, state, x, drive)
-        if y is None:
-            return energy
-        return energy + beta * cost(model.output(state), y)
-
-    return F

@@ -1,58 +1,83 @@
 """Gradient estimators: equilibrium propagation and the references it is checked against.
 
-Every estimator returns ``(grads, aux)`` from ``estimator.estimate(model, cost, solver, params, x,
-y, state0=None)`` on a batch (``x`` ``(B, n_in)``, ``y`` ``(B,)``):
+Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
+``estimator.estimate(model, cost, solver, params, x, y, state0=None, key=None)`` on a batch
+(``x`` ``(B, *input_shape)``, ``y`` ``(B,)``):
 
 - ``grads`` estimates ``d/dparams mean_b L_b`` with ``L_b = C(output(s0_b), y_b)`` the loss at the
   free equilibrium, in optax's convention (a gradient to descend);
-- ``aux`` holds per-example ``loss``, ``accuracy`` (0/1), ``prediction`` at the free equilibrium,
-  ``free_state`` (for warm starts and persistent particles) and, per phase (``"free"``,
-  ``"positive"``, ``"negative"``), a dict with ``num_steps``, ``residual`` and ``converged``.
+- ``aux`` holds per-example ``loss`` (NaN for examples whose free phase went non-finite),
+  ``accuracy`` (0/1), ``prediction`` at the free equilibrium, ``free_state`` (for warm starts and
+  persistent particles), ``used`` (the example entered the gradient) and, per phase (``"free"``,
+  ``"positive"``, ``"negative"``), :meth:`Equilibrium.summary` (``num_steps``, ``residual``,
+  ``status``, ``converged``).
 """
 
 from __future__ import annotations
+
+import abc
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from eqjax._checks import check_beta
-from eqjax.costs import predict, total_energy
-from eqjax.solvers import Equilibrium, input_drive_batch, max_abs_difference, relax_batch
+from eqjax._checks import raise_if_concrete
+from eqjax.costs import predict
+from eqjax.equilibrium import Equilibrium
+from eqjax.loop import select_examples, unroll
+from eqjax.phases import Free, Nudge
+from eqjax.relaxation import relax_batch, total_energy
 
-EP_VARIANTS = ("positive", "negative", "centered")
 
+class Estimator(struct.PyTreeNode, abc.ABC):
+    """The interface of a gradient estimator (a frozen pytree dataclass; numeric fields traced)."""
 
-def phase_summary(eq: Equilibrium) -> dict:
-    """Per-example convergence diagnostics of one phase."""
-    return {"num_steps": eq.num_steps, "residual": eq.residual, "converged": eq.converged}
+    @abc.abstractmethod
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None) -> tuple:
+        """``(grads, aux)`` for the batch (see the module docstring)."""
+
+    def errors(self) -> dict:
+        """``{message: violated}`` for the estimator's traced hyperparameters (see ``eqjax._checks``)."""
+        return {}
 
 
 def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
     """Loss, accuracy and prediction at the free equilibrium, plus its diagnostics."""
     outputs = jax.vmap(model.output)(free.state)
     prediction = predict(outputs)
+    loss = jax.vmap(cost)(outputs, y)
     return {
-        "loss": jax.vmap(cost)(outputs, y),
-        "accuracy": (prediction == y).astype(outputs.dtype),
+        "loss": jnp.where(free.nonfinite, jnp.nan, loss),
+        "accuracy": (prediction == y).astype(loss.dtype),
         "prediction": prediction,
         "free_state": free.state,
-        "free": phase_summary(free),
+        "free": free.summary(),
     }
 
 
-def mean_energy_difference(model, params, states_a, states_b, x) -> jax.Array:
-    """Mean over the batch of ``E(params, a_b, x_b) - E(params, b_b, x_b)``, through the model's
-    ``energy_difference`` when it has one (one outer product per input layer, not two)."""
-    difference = getattr(model, "energy_difference", None)
-    if difference is None:
-        difference = lambda p, a, b, x_i: model.energy(p, a, x_i) - model.energy(p, b, x_i)
-    return jnp.mean(jax.vmap(difference, in_axes=(None, 0, 0, 0))(params, states_a, states_b, x))
+def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
+    """``d/dparams`` of ``mean_b [E(high_b) - E(low_b)] / scale`` over the examples marked ``used``
+    ``(B,)``, through ``model.energy_difference``. Unused examples (non-finite in some phase) are
+    replaced by zeros before differentiating, so their NaNs cannot reach the gradient."""
+    high, low = jax.lax.stop_gradient((high, low))
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    high, low, x = (select_examples(used, t, zeros(t)) for t in (high, low, x))
+    count = jnp.maximum(jnp.sum(used), 1)
+
+    def contrast(p):
+        differences = jax.vmap(model.energy_difference, in_axes=(None, 0, 0, 0))(p, high, low, x)
+        return jnp.sum(jnp.where(used, differences, 0.0)) / (count * scale)
+
+    return jax.grad(contrast)(params)
 
 
-@struct.dataclass
-class EP:
+# Which two phases EP contrasts, and the beta-multiple between them.
+EP_CONTRASTS = {"positive": ("positive", "free", 1), "negative": ("free", "negative", 1),
+                "centered": ("positive", "negative", 2)}
+
+
+class EP(Estimator):
     """Equilibrium propagation (Scellier & Bengio 2017).
 
     ``g = (dE/dparams(s_a) - dE/dparams(s_b)) / (beta_a - beta_b)``, averaged over the batch, with
@@ -62,11 +87,15 @@ class EP:
     - ``"centered"``: ``(s_beta, beta)`` and ``(s_-beta, -beta)``; bias O(beta^2) (Laborieux et
       al. 2021).
 
-    ``beta`` is traced (vmap over it works; changing it never recompiles) and may be negative (a
-    random sign per batch, as Scellier & Bengio 2017 do, is ``EP(beta=sign * 0.5)``). ``variant``
-    and ``warm_start`` (nudged phases start from the free equilibrium, else from zero) are static.
-    ``nudged_solver`` relaxes the nudged phases (default: the free phase's solver), e.g. 4 gradient
-    steps after 20 free ones as in Scellier & Bengio 2017.
+    The nudged phases are :class:`~eqjax.phases.Nudge` values. ``beta`` is real, nonzero and
+    traced (vmap over it works; changing it never recompiles) and may be negative (a random sign
+    per batch, as Scellier & Bengio 2017 do, is ``EP(beta=sign * 0.5)``). ``variant`` and
+    ``warm_start`` (nudged phases start from the free equilibrium, else from the model's start
+    state) are static. ``nudged_solver`` relaxes the nudged phases (default: the free phase's
+    solver), e.g. 4 gradient steps after 20 free ones as in Scellier & Bengio 2017.
+
+    Examples that go non-finite in any phase are left out of the gradient (the mean is over the
+    others) and reported in ``aux["used"]`` and each phase's ``status``.
     """
 
     beta: float = 0.1
@@ -75,37 +104,43 @@ class EP:
     nudged_solver: object = None
 
     def __post_init__(self):
-        if self.variant not in EP_VARIANTS:
-            raise ValueError(f"variant must be one of {EP_VARIANTS}, got {self.variant!r}")
-        if isinstance(self.beta, (int, float)):
-            check_beta(self.beta)
+        if self.variant not in EP_CONTRASTS:
+            raise ValueError(f"variant must be one of {tuple(EP_CONTRASTS)}, got {self.variant!r}")
+        raise_if_concrete(self.beta, self.errors)
 
-    def estimate(self, model, cost, solver, params, x, y, state0=None):
-        """Free phase from ``state0`` (zeros if ``None``), then the nudged phase(s); see the class."""
-        drive = input_drive_batch(model, params, x)  # shared by all phases
-        free = relax_batch(model, cost, solver, params, x, None, 0.0, state0, drive)
-        start = jax.lax.stop_gradient(free.state) if self.warm_start else None
+    def errors(self) -> dict:
+        beta = jnp.asarray(self.beta)
+        if jnp.iscomplexobj(beta):
+            raise TypeError("EP takes a real beta; a complex beta is holomorphic EP (complex phases "
+                            "are eqjax.phases.Nudge values with a complex beta)")
+        return {f"beta must be a finite nonzero number for EP, got {self.beta!r}":
+                ~jnp.isfinite(beta) | (beta == 0)}
+
+    def phases(self) -> dict:
+        """The nudged phases this variant relaxes, by name."""
+        names = {name for name in EP_CONTRASTS[self.variant][:2] if name != "free"}
+        candidates = {"positive": Nudge(beta=self.beta), "negative": Nudge(beta=-self.beta)}
+        return {name: phase for name, phase in candidates.items() if name in names}
+
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+        """Free phase from ``state0``, then the nudged phase(s); see the class."""
+        self.errors()  # a complex beta raises here, also when traced
+        prepared = model.prepare(params, x)  # shared by all phases
+        keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
+        free = relax_batch(model, cost, solver, params, x, None, Free(), state0, keys[0], prepared)
         aux = free_phase_aux(model, cost, free, y)
-        beta = jnp.asarray(self.beta, x.dtype)
-        nudged = solver if self.nudged_solver is None else self.nudged_solver
-        if self.variant in ("positive", "centered"):
-            plus = relax_batch(model, cost, nudged, params, x, y, beta, start, drive)
-            aux["positive"] = phase_summary(plus)
-        if self.variant in ("negative", "centered"):
-            minus = relax_batch(model, cost, nudged, params, x, y, -beta, start, drive)
-            aux["negative"] = phase_summary(minus)
-        if self.variant == "positive":
-            high, low, spread = plus.state, free.state, beta
-        elif self.variant == "negative":
-            high, low, spread = free.state, minus.state, beta
-        else:
-            high, low, spread = plus.state, minus.state, 2 * beta
-        high, low = jax.lax.stop_gradient((high, low))
-
-        def contrast(p):
-            return mean_energy_difference(model, p, high, low, x) / spread
-
-        return jax.grad(contrast)(params), aux
+        start = jax.lax.stop_gradient(free.state) if self.warm_start else None
+        nudged_solver = solver if self.nudged_solver is None else self.nudged_solver
+        equilibria = {"free": free}
+        for k, (name, phase) in enumerate(self.phases().items(), start=1):
+            equilibria[name] = relax_batch(model, cost, nudged_solver, params, x, y, phase, start, keys[k], prepared)
+            aux[name] = equilibria[name].summary()
+        used = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)
+        aux["used"] = used
+        high, low, multiple = EP_CONTRASTS[self.variant]
+        scale = multiple * jnp.asarray(self.beta, x.dtype)
+        grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x, scale, used)
+        return grads, aux
 
 
 def _free_units(state, bounds):
@@ -113,8 +148,7 @@ def _free_units(state, bounds):
     return tuple(((s > lo) & (s < hi)).astype(s.dtype) for s, (lo, hi) in zip(state, bounds))
 
 
-@struct.dataclass
-class ImplicitDiff:
+class ImplicitDiff(Estimator):
     """Reference gradient by the implicit function theorem at the free equilibrium ``s0``.
 
     ``dL/dparams = -(d2E/dparams ds)^T v`` with ``H v = dC/ds``, ``H = d2E/ds2`` at ``s0``. Units
@@ -161,9 +195,9 @@ class ImplicitDiff:
         scale = jnp.maximum(jnp.linalg.norm(rhs), jnp.finfo(rhs.dtype).tiny)
         return unravel(solution), jnp.linalg.norm(matvec(solution) - rhs) / scale
 
-    def estimate(self, model, cost, solver, params, x, y, state0=None):
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Relax the free phase with ``solver``, then solve the adjoint system per example."""
-        free = relax_batch(model, cost, solver, params, x, None, 0.0, state0)
+        free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
         state = jax.lax.stop_gradient(free.state)
         adjoint, solve_residual = jax.vmap(self._adjoint, in_axes=(None, None, None, 0, 0, 0))(
             model, cost, params, state, x, y
@@ -182,8 +216,7 @@ class ImplicitDiff:
         return jax.grad(mixed)(params), aux
 
 
-@struct.dataclass
-class BPTT:
+class BPTT(Estimator):
     """Reference gradient by backpropagation through ``num_steps`` unrolled solver updates.
 
     The free phase starts from ``state0`` (zeros by default) and applies the solver's update map
@@ -193,24 +226,13 @@ class BPTT:
 
     num_steps: int = struct.field(pytree_node=False, default=100)
 
-    def estimate(self, model, cost, solver, params, x, y, state0=None):
-        """Unroll ``solver.update`` ``num_steps`` times per example and differentiate the loss."""
-        F = total_energy(model, cost)
-
-        def relax_one(p, x_i, s0_i):
-            update = lambda s: solver.update(lambda u: F(p, u, x_i, None, 0.0), s, model.bounds)
-            start = model.init_state(x_i) if s0_i is None else s0_i
-            final, _ = jax.lax.scan(lambda s, _: (update(s), None), start, length=self.num_steps)
-            residual = max_abs_difference(update(final), final)
-            return Equilibrium(
-                state=final,
-                num_steps=jnp.asarray(self.num_steps, jnp.int32),
-                residual=residual,
-                converged=residual < solver.tol,
-            )
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+        """Unroll ``solver.step`` ``num_steps`` times and differentiate the batch-mean loss."""
+        start = jax.vmap(model.init_state)(x) if state0 is None else state0
 
         def loss(p):
-            free = jax.vmap(relax_one, in_axes=(None, 0, 0))(p, x, state0)
+            F = total_energy(model, cost, Free(), model.prepare(p, x), x, None)
+            free = unroll(solver, F, start, model.bounds, self.num_steps, key)
             outputs = jax.vmap(model.output)(free.state)
             return jnp.mean(jax.vmap(cost)(outputs, y)), free
 

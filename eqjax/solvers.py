@@ -1,140 +1,111 @@
 """Relaxation solvers: find a minimum of ``F`` over the state inside a box.
 
-A solver is a frozen dataclass. Its tolerances and step sizes are traced pytree leaves (changing them
-never recompiles, ``jax.vmap`` over them works); ``max_steps`` and ``check_every`` (how often the
-tolerance is tested) are static. ``solver.update(F, s, bounds)`` applies one iteration of its map
-``T``; :func:`iterate` is the single loop owner that runs ``T`` in a ``jax.lax.while_loop`` until
-``max|T(s) - s| < tol`` or ``max_steps`` is reached.
+Every solver subclasses :class:`Solver`, a frozen pytree dataclass: its tolerances and step sizes
+are traced leaves (changing them never recompiles, ``jax.vmap`` over them works); ``max_steps``
+and ``check_every`` are static. A solver says how to take one step; :func:`eqjax.loop.iterate`
+owns the loop (stopping test, status, NaN-safety) for all of them.
 
-``F`` is a function of the state alone (parameters, input, label and ``beta`` bound). The update
-maps work on one example or on a batch (leading axis) alike; :func:`relax_batch` relaxes a whole
-batch in one loop with ``F`` the sum of the examples' energies (examples do not interact, so its
-gradient is each example's own).
+``F`` is the total energy of a batch as a function of the batched state alone (parameters, input,
+label and phase bound); see :func:`eqjax.relaxation.relax_batch`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import abc
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from eqjax.costs import total_energy
+from eqjax._checks import raise_if_concrete
+from eqjax.equilibrium import Equilibrium
+from eqjax.loop import iterate
 
 
-@struct.dataclass
-class Equilibrium:
-    """The result of a relaxation (batched when returned by :func:`eqjax.relax`).
+def _is_unbounded(lo, hi) -> bool:
+    """Static test: ``(lo, hi)`` are Python/NumPy values and all infinite (no clipping needed)."""
+    if isinstance(lo, jax.Array) or isinstance(hi, jax.Array):
+        return False
+    return bool(np.all(np.isneginf(lo)) and np.all(np.isposinf(hi)))
 
-    Attributes:
-      state: the state ``s`` returned (tuple of per-layer arrays).
-      num_steps: number of updates applied to reach ``s`` (int32; the batch's count).
-      residual: the last update's size ``max|s_k - s_{k-1}|`` per example; for a contractive
-        update ``T`` it bounds the returned state's own ``max|T(s) - s|``.
-      converged: ``residual < tol``; ``False`` means ``max_steps`` was hit first.
+
+def project(state, bounds):
+    """Clip each state leaf into its ``(lo, hi)`` box, keeping the leaf's dtype (float64 NumPy
+    bounds must not promote a float32 state under x64). Unbounded leaves pass through untouched,
+    so complex states work for unbounded models; a complex state in a finite box raises
+    ``TypeError`` (a box is not holomorphic)."""
+
+    def clip(s, box):
+        lo, hi = box
+        if _is_unbounded(lo, hi):
+            return s
+        if jnp.iscomplexobj(s):
+            raise TypeError("a complex state needs unbounded layers (clipping to a box is not "
+                            "holomorphic); use a model whose bounds are (-inf, inf)")
+        return jnp.clip(s, jnp.asarray(lo, s.dtype), jnp.asarray(hi, s.dtype))
+
+    return tuple(clip(s, box) for s, box in zip(state, bounds))
+
+
+def _state_gradient(F: Callable, state):
+    """``dF/ds``; for complex states the holomorphic derivative (Laborieux & Zenke 2022)."""
+    holomorphic = any(jnp.iscomplexobj(s) for s in jax.tree.leaves(state))
+    return jax.grad(F, holomorphic=holomorphic)(state)
+
+
+class Solver(struct.PyTreeNode, abc.ABC):
+    """The interface every relaxation solver implements.
+
+    Subclasses are frozen pytree dataclasses (fields are traced leaves unless declared with
+    ``struct.field(pytree_node=False)``) and must define the fields
+
+    - ``tol`` (traced): stop when every example's last tested update ``max|s_k - s_{k-1}|`` is below it;
+    - ``max_steps`` (static int >= 0) and ``check_every`` (static int >= 1, how often the tolerance
+      is tested; see :func:`eqjax.loop.iterate`);
+
+    and the method :meth:`step`. :meth:`init` creates the solver's own state (momentum, history, a
+    PRNG key, a temperature...), ``None`` by default. :meth:`solve` is written once, here.
     """
 
-    state: tuple
-    num_steps: jax.Array
-    residual: jax.Array
-    converged: jax.Array
+    def __post_init__(self):
+        for name in ("tol", "max_steps", "check_every"):
+            if not hasattr(self, name):
+                raise TypeError(f"{type(self).__name__} must define the field {name!r} (see eqjax.solvers.Solver)")
+        steps, every = self.max_steps, self.check_every
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"max_steps must be a non-negative int, got {steps!r}")
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"check_every must be a positive int, got {every!r}")
+        raise_if_concrete(self, self.errors)
+
+    def errors(self) -> dict:
+        """``{message: violated}`` for the solver's traced hyperparameters (``violated`` a bool
+        array): checked eagerly on concrete values and, with ``throw=True``, inside jit."""
+        return {f"tol must be a non-negative number, got {self.tol!r}": ~(jnp.asarray(self.tol) >= 0)}
+
+    def init(self, F: Callable, state0, bounds, key) -> Any:
+        """The solver's own state before the first step (default ``None``). ``key`` is a PRNG key
+        or ``None``."""
+        return None
+
+    @abc.abstractmethod
+    def step(self, F: Callable, state, solver_state, bounds) -> tuple:
+        """One update: ``(state, solver_state) -> (next_state, next_solver_state)``. ``state`` is a
+        batched pytree; the result must stay inside ``bounds`` (see :func:`project`)."""
+
+    def solve(self, F: Callable, state0, bounds, key=None) -> Equilibrium:
+        """Relax from ``state0`` with :func:`eqjax.loop.iterate`."""
+        return iterate(self, F, state0, bounds, key)
 
 
-def project(state: tuple, bounds) -> tuple:
-    """Clip each layer into its ``(lo, hi)`` box, keeping the state's dtype (bounds given as
-    float64 NumPy arrays must not promote a float32 state when x64 is enabled)."""
-    return tuple(jnp.clip(s, jnp.asarray(lo, s.dtype), jnp.asarray(hi, s.dtype)) for s, (lo, hi) in zip(state, bounds))
-
-
-def max_abs_difference(a, b) -> jax.Array:
-    """``max |a - b|`` over all leaves of two pytrees of the same structure."""
-    diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u - v)), a, b)
-    return jnp.max(jnp.stack(jax.tree.leaves(diffs)))
-
-
-def per_example_max_abs_difference(a, b) -> jax.Array:
-    """``max |a - b|`` per example (leading axis) over all leaves of two batched pytrees."""
-    diffs = jax.tree.map(lambda u, v: jnp.max(jnp.abs(u - v).reshape(u.shape[0], -1), axis=1), a, b)
-    return jnp.max(jnp.stack(jax.tree.leaves(diffs)), axis=0)
-
-
-def iterate(update: Callable, state0: tuple, tol, max_steps: int, check_every: int = 1) -> Equilibrium:
-    """Run ``s <- update(s)`` on a batched state until every example's last update
-    ``max|s_k - s_{k-1}|`` is below ``tol``, or ``max_steps`` updates.
-
-    At least one update is applied (when ``max_steps >= 1``), so a nudged phase started from the
-    free equilibrium always feels its nudge. The whole batch moves together (on SIMD hardware a
-    batched loop computes every example anyway; freezing converged ones would only add selects),
-    so ``num_steps`` is the batch's count. ``max_steps`` is static; ``tol`` is traced (``tol = 0``
-    runs exactly ``max_steps``).
-
-    ``check_every`` (static) measures the update size and tests it only after every
-    ``check_every``-th update and after the last one; the updates in between skip the test. The
-    test is not free: on a 2-core CPU the reduction over the state, and the copy of the previous
-    state that it needs, cost about a quarter of a DHN-1H block-coordinate sweep. With
-    ``check_every >= max_steps`` the loop runs exactly ``max_steps`` updates and measures only the
-    last one (the papers' fixed-step setting, at its lowest cost). The states visited do not
-    depend on ``check_every``; only the stopping point does: the first tested update below
-    ``tol`` (for a contractive update, at most ``check_every - 1`` updates after the first update
-    below ``tol``).
-    """
-    if max_steps == 0:
-        residual = per_example_max_abs_difference(update(state0), state0)
-        steps = jnp.zeros(residual.shape, jnp.int32)
-        return Equilibrium(state=state0, num_steps=steps, residual=residual, converged=residual < tol)
-    every = min(check_every, max_steps)
-
-    def block(state, size):
-        """``size`` updates (static, >= 1); the size of the last one per example."""
-        if size > 1:
-            state = jax.lax.fori_loop(0, size - 1, lambda _, s: update(s), state)
-        following = update(state)
-        return following, per_example_max_abs_difference(following, state)
-
-    def blocks_while_unconverged(carry, size):
-        def cond(carry):
-            _, residual, k = carry
-            return (jnp.max(residual) >= tol) & (k + size <= max_steps)
-
-        def body(carry):
-            state, _, k = carry
-            return (*block(state, size), k + size)
-
-        return jax.lax.while_loop(cond, body, carry)
-
-    carry = (*block(state0, every), jnp.asarray(every, jnp.int32))
-    if 2 * every <= max_steps:  # room for a second full block
-        carry = blocks_while_unconverged(carry, every)
-    if max_steps % every:  # one shorter block reaches max_steps exactly
-        carry = blocks_while_unconverged(carry, max_steps % every)
-    state, residual, steps = carry
-    return Equilibrium(
-        state=state,
-        num_steps=jnp.broadcast_to(steps, residual.shape),
-        residual=residual,
-        converged=residual < tol,
-    )
-
-
-def _check_step_counts(max_steps, check_every):
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
-        raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
-
-
-def _is_concrete_number(value) -> bool:
-    return isinstance(value, (int, float))
-
-
-@struct.dataclass
-class GradientDescent:
+class GradientDescent(Solver):
     """Projected Euler steps on ``ds/dt = -dF/ds``: ``s <- clip(s - step_size * dF/ds, lo, hi)``.
 
     For ``step_size < 1/L`` (``L`` the Lipschitz constant of ``dF/ds``) ``F`` never increases.
-    ``step_size`` and ``tol`` are traced; ``max_steps`` and ``check_every`` (how often the
-    tolerance is tested, see :func:`iterate`) are static.
+    ``step_size`` and ``tol`` are traced; ``max_steps`` and ``check_every`` static. Complex states
+    (a complex nudge on an unbounded model) follow the holomorphic gradient.
     """
 
     step_size: float = 0.5
@@ -142,19 +113,15 @@ class GradientDescent:
     max_steps: int = struct.field(pytree_node=False, default=100)
     check_every: int = struct.field(pytree_node=False, default=1)
 
-    def __post_init__(self):
-        _check_step_counts(self.max_steps, self.check_every)
-        if _is_concrete_number(self.step_size) and not self.step_size > 0:
-            raise ValueError(f"step_size must be positive, got {self.step_size!r}")
+    def errors(self) -> dict:
+        size = jnp.asarray(self.step_size)
+        return {**super().errors(),
+                f"step_size must be a positive finite number, got {self.step_size!r}":
+                    ~((size > 0) & jnp.isfinite(size))}
 
-    def update(self, F: Callable, state: tuple, bounds) -> tuple:
-        """One projected gradient step on ``F`` (any state pytree, one example or a batch)."""
-        grad = jax.grad(F)(state)
-        return project(tuple(s - self.step_size * g for s, g in zip(state, grad)), bounds)
-
-    def solve(self, F: Callable, state0: tuple, bounds) -> Equilibrium:
-        """Iterate :meth:`update` from ``state0`` (see :func:`iterate`)."""
-        return iterate(lambda s: self.update(F, s, bounds), state0, self.tol, self.max_steps, self.check_every)
+    def step(self, F, state, solver_state, bounds):
+        grad = _state_gradient(F, state)
+        return project(tuple(s - self.step_size * g for s, g in zip(state, grad)), bounds), solver_state
 
 
 def _layer_newton_step(F: Callable, state: tuple, layers: tuple[int, ...], bounds) -> tuple:
@@ -186,70 +153,28 @@ def _layer_newton_step(F: Callable, state: tuple, layers: tuple[int, ...], bound
     return tuple(full)
 
 
-@struct.dataclass
-class BlockCoordinate:
+class BlockCoordinate(Solver):
     """Exact block-coordinate descent: minimise the even layers given the odd ones, then the odd.
 
     Layers are numbered from the input (layer 0, clamped), so for ``(n_in, h, n_out)`` the output
     (layer 2) is updated first, then the hidden layer. One step is one such sweep. Exact for
     energies quadratic in each layer without intra-layer coupling (bilinear Hopfield, resistive
-    networks) with a quadratic cost (Scellier et al. 2023, 2024). ``tol`` is traced; ``max_steps``
-    and ``check_every`` (how often the tolerance is tested, see :func:`iterate`) are static.
+    networks) with a quadratic cost (Scellier et al. 2023, 2024). Real states only. ``tol`` is
+    traced; ``max_steps`` and ``check_every`` static.
     """
 
     tol: float = 1e-4
     max_steps: int = struct.field(pytree_node=False, default=15)
     check_every: int = struct.field(pytree_node=False, default=1)
 
-    def __post_init__(self):
-        _check_step_counts(self.max_steps, self.check_every)
-
-    def update(self, F: Callable, state: tuple, bounds) -> tuple:
-        """One sweep: the even layers, then the odd layers, each minimised exactly."""
+    def step(self, F, state, solver_state, bounds):
+        if any(jnp.iscomplexobj(s) for s in state):
+            raise TypeError("BlockCoordinate works on real states; relax complex states with GradientDescent")
         num_layers = len(state)
         even = tuple(i for i in range(num_layers) if (i + 1) % 2 == 0)
         odd = tuple(i for i in range(num_layers) if (i + 1) % 2 == 1)
         for group in (even, odd):
             if group:
                 state = _layer_newton_step(F, state, group, bounds)
-        return state
+        return state, solver_state
 
-    def solve(self, F: Callable, state0: tuple, bounds) -> Equilibrium:
-        """Iterate :meth:`update` from ``state0`` (see :func:`iterate`)."""
-        return iterate(lambda s: self.update(F, s, bounds), state0, self.tol, self.max_steps, self.check_every)
-
-
-def input_drive_batch(model, params, x):
-    """The model's input field for a batch, ``(B, n_1)``, or ``None`` if the model has none.
-
-    Relaxations of the same batch (free and nudged phases) share it: the input projection, the
-    largest product of a layered net, is then computed once per batch.
-    """
-    input_drive = getattr(model, "input_drive", None)
-    return None if input_drive is None else jax.vmap(input_drive, in_axes=(None, 0))(params, x)
-
-
-def relax_batch(model, cost, solver, params, x, y, beta, state0=None, drive=None) -> Equilibrium:
-    """Relax a batch without input checks (the jit-friendly core of :func:`eqjax.relax`).
-
-    Shapes: ``x`` ``(B, n_in)``; ``y`` ``(B,)`` or ``None``; ``beta`` a scalar; ``state0`` a batched
-    state or ``None`` (all-zero start); ``drive`` the batch's :func:`input_drive_batch` (computed
-    here, outside the loop, when ``None``). The batch relaxes in one loop (see :func:`iterate`).
-    Models may lay their parameters out for the loop with a ``product_layout(params)`` method
-    (same energy, faster products; see ``Hopfield.product_layout``).
-    Returns a batched :class:`Equilibrium`.
-    """
-    F = total_energy(model, cost)
-    if drive is None:
-        drive = input_drive_batch(model, params, x)
-    if state0 is None:
-        state0 = jax.vmap(model.init_state)(x)
-    product_layout = getattr(model, "product_layout", None)
-    if product_layout is not None:
-        params = product_layout(params)
-
-    def batch_energy(states):
-        one = lambda s, x_i, y_i, d_i: F(params, s, x_i, y_i, beta, d_i)
-        return jnp.sum(jax.vmap(one)(states, x, y, drive))
-
-    return solver.solve(batch_energy, state0, model.bounds)

@@ -1,4 +1,11 @@
-"""Training: a pure optax step and an epoch as ``jax.lax.scan`` over batches held on device."""
+"""Training: a pure optax step whose hyperparameters are arguments, and epochs/chunks as
+``jax.lax.scan`` over batches held on device.
+
+The step takes the solver and the estimator as arguments (pytrees whose numeric fields, such as
+``beta``, step sizes and tolerances, are traced), and the optimizer's hyperparameters live in its
+state when it is built with ``optax.inject_hyperparams``: one compiled step then serves every
+value of them, and ``jax.vmap`` over them runs a sweep.
+"""
 
 from __future__ import annotations
 
@@ -8,48 +15,57 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eqjax._checks import check_model, guard_equilibria, guard_inputs
+from eqjax.costs import as_cost
+from eqjax.equilibrium import RESULTS
+from eqjax.estimators import EP
+
 PHASES = ("free", "positive", "negative")
 
 
 def summarize(aux: dict) -> dict:
-    """Batch means of an estimator's ``aux``: loss, accuracy and, per phase, mean steps, the
-    fraction of examples that converged and the largest residual."""
+    """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
+    non-finite), accuracy, the fraction of examples used by the gradient and, per phase, mean
+    steps, the fractions that converged and that went non-finite, and the largest finite residual."""
     metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
+    if "used" in aux:
+        metrics["used"] = jnp.mean(aux["used"].astype(jnp.float32))
     for phase in PHASES:
         if phase in aux:
-            metrics[f"{phase}_steps"] = jnp.mean(aux[phase]["num_steps"].astype(jnp.float32))
-            metrics[f"{phase}_converged"] = jnp.mean(aux[phase]["converged"].astype(jnp.float32))
-            metrics[f"{phase}_residual"] = jnp.max(aux[phase]["residual"])
+            info = aux[phase]
+            nonfinite = info["status"] == RESULTS.NONFINITE
+            metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))
+            metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
+            metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
+            metrics[f"{phase}_residual"] = jnp.max(jnp.where(nonfinite, 0, info["residual"]))
     return metrics
 
 
-def train_step(model, cost, solver, estimator, optimizer: optax.GradientTransformation) -> Callable:
-    """A pure ``step(params, opt_state, x, y) -> (params, opt_state, metrics)``; jit it.
+def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: bool = False) -> Callable:
+    """A pure ``step(params, opt_state, solver, estimator, x, y, state0=None, key=None) ->
+    (params, opt_state, metrics, free_state)``; jit it once for all hyperparameter values.
 
-    ``x`` ``(B, n_in)`` floats, ``y`` ``(B,)`` labels; ``metrics`` is :func:`summarize` of the
-    estimator's aux. Any optax transformation works; to change the learning rate without a
-    recompile, build it with ``optax.inject_hyperparams``.
+    ``x`` ``(B, *input_shape)``, ``y`` ``(B,)`` labels; ``state0`` a batched start state for the
+    free phase or ``None`` (``model.init_state``): feeding back ``free_state`` warm-starts each batch
+    from the previous one (Scellier et al. 2023), indexing a per-example store gives persistent
+    particles (Scellier & Bengio 2017). ``key`` goes to stochastic solvers. ``metrics`` is
+    :func:`summarize` of the estimator's aux. Any optax transformation works; build it with
+    ``optax.inject_hyperparams`` to change the learning rate in ``opt_state`` without a recompile.
+
+    ``throw=True`` (static) stops the compiled program with a clear message when the batch or the
+    parameters are not finite, labels are out of range, a hyperparameter is invalid (``beta = 0``,
+    ``tol < 0``...) or a relaxation went non-finite. Without it these are reported, not raised:
+    non-finite examples are frozen, flagged in ``metrics`` and left out of the gradient.
     """
-    warm_step = warm_start_step(model, cost, solver, estimator, optimizer)
+    check_model(model)
+    cost = as_cost(cost)
 
-    def step(params, opt_state, x, y):
-        params, opt_state, metrics, _ = warm_step(params, opt_state, x, y, None)
-        return params, opt_state, metrics
-
-    return step
-
-
-def warm_start_step(model, cost, solver, estimator, optimizer) -> Callable:
-    """Like :func:`train_step`, with the free phase started from a given state:
-    ``step(params, opt_state, x, y, state0) -> (params, opt_state, metrics, free_state)``.
-
-    ``state0`` is a batched state or ``None`` (zeros). Feeding back ``free_state`` warm-starts each
-    batch from the previous one (Scellier et al. 2023); indexing a per-example store gives
-    persistent particles (Scellier & Bengio 2017).
-    """
-
-    def step(params, opt_state, x, y, state0):
-        grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0)
+    def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
+        if throw:
+            x = guard_inputs(model, params, x, y, solver, estimator)
+        grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
+        if throw:
+            grads = guard_equilibria(grads, {p: aux[p]["status"] for p in PHASES if p in aux})
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, summarize(aux), aux["free_state"]
@@ -58,15 +74,17 @@ def warm_start_step(model, cost, solver, estimator, optimizer) -> Callable:
 
 
 def train_epoch(step: Callable) -> Callable:
-    """Lift a step to ``epoch(params, opt_state, xs, ys) -> (params, opt_state, metrics)``.
+    """Lift a :func:`train_step` to ``epoch(params, opt_state, solver, estimator, xs, ys) ->
+    (params, opt_state, metrics)``.
 
-    ``xs`` ``(num_batches, B, n_in)`` and ``ys`` ``(num_batches, B)`` stay on device; the loop is a
-    ``jax.lax.scan``, so one compile serves every epoch. ``metrics`` are stacked per batch.
+    ``xs`` ``(num_batches, B, *input_shape)`` and ``ys`` ``(num_batches, B)`` stay on device; the loop
+    is a ``jax.lax.scan``, so one compile serves every epoch. Each batch starts from the model's
+    start state. ``metrics`` are stacked per batch.
     """
 
-    def epoch(params, opt_state, xs, ys):
+    def epoch(params, opt_state, solver, estimator, xs, ys):
         def body(carry, batch):
-            params, opt_state, metrics = step(*carry, *batch)
+            params, opt_state, metrics, _ = step(*carry, solver, estimator, *batch)
             return (params, opt_state), metrics
 
         (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (xs, ys))
@@ -75,27 +93,34 @@ def train_epoch(step: Callable) -> Callable:
     return epoch
 
 
-def train_chunk(model, cost, solver, estimator, optimizer, *, warm_start=False, persistent=False,
-                random_sign=False) -> Callable:
+def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, random_sign=False,
+                throw=False) -> Callable:
     """A chunk of training batches as one ``jax.lax.scan``, with the state options of the papers:
 
-    ``chunk(params, opt_state, state, xs, ys, index, keys) -> (params, opt_state, state, metrics)``
-    with ``xs`` ``(K, B, n_in)``, ``ys`` ``(K, B)``, ``index`` ``(K, B)`` the examples' dataset rows
-    and ``keys`` ``(K,)`` PRNG keys. ``state`` (batched per layer) is
+    ``chunk(params, opt_state, state, solver, estimator, xs, ys, index, keys) -> (params,
+    opt_state, state, metrics)`` with ``xs`` ``(K, B, *input_shape)``, ``ys`` ``(K, B)``, ``index``
+    ``(K, B)`` the examples' dataset rows and ``keys`` ``(K,)`` PRNG keys (one per batch, handed to
+    the step). ``state`` (batched) is
 
-    - with ``warm_start``: the previous batch's free state, ``(B, n_l)``; each batch's free phase
-      starts from it (Scellier et al. 2023);
-    - with ``persistent``: a per-example store ``(N, n_l)``, gathered and updated at ``index``
+    - with ``warm_start``: the previous batch's free state; each batch's free phase starts from it
+      (Scellier et al. 2023);
+    - with ``persistent``: a per-example store ``(N, ...)``, gathered and updated at ``index``
       (persistent particles, Scellier & Bengio 2017);
-    - otherwise unused (free phases start from zero).
+    - otherwise unused (free phases start from the model's start state).
 
-    With ``random_sign`` each batch's ``beta`` gets a random sign drawn from its key (Scellier &
-    Bengio 2017). Metrics are stacked per batch. Pure; jit it.
+    The carried state stays finite: a non-finite example's free state is its last finite tested
+    value (see :func:`eqjax.loop.iterate`). With
+    ``random_sign`` each batch's :class:`~eqjax.estimators.EP` ``beta`` gets a random sign drawn
+    from its key (Scellier & Bengio 2017). Metrics are stacked per batch. Pure; jit it.
     """
     if warm_start and persistent:
         raise ValueError("choose warm_start or persistent, not both")
+    step = train_step(model, cost, optimizer, throw=throw)
 
-    def chunk(params, opt_state, state, xs, ys, index, keys):
+    def chunk(params, opt_state, state, solver, estimator, xs, ys, index, keys):
+        if random_sign and not isinstance(estimator, EP):
+            raise TypeError(f"random_sign flips EP's beta; got the estimator {type(estimator).__name__}")
+
         def body(carry, batch):
             params, opt_state, state = carry
             x, y, idx, key = batch
@@ -103,9 +128,8 @@ def train_chunk(model, cost, solver, estimator, optimizer, *, warm_start=False, 
             if random_sign:
                 sign = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
                 batch_estimator = estimator.replace(beta=sign * estimator.beta)
-            step = warm_start_step(model, cost, solver, batch_estimator, optimizer)
             state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm_start else None)
-            params, opt_state, metrics, free = step(params, opt_state, x, y, state0)
+            params, opt_state, metrics, free = step(params, opt_state, solver, batch_estimator, x, y, state0, key)
             if persistent:
                 state = jax.tree.map(lambda s, f: s.at[idx].set(f), state, free)
             elif warm_start:

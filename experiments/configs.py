@@ -84,15 +84,16 @@ def build(config: dict):
     return model, cost, solver, estimator, make_optimizer(config)
 
 
-def chunk_function(config: dict, model, cost, solver, estimator, optimizer):
-    """The jitted :func:`eqjax.train_chunk` with the config's state options.
+def chunk_function(config: dict, model, cost, optimizer):
+    """The jitted :func:`eqjax.train_chunk` with the config's state options: ``chunk(params,
+    opt_state, state, solver, estimator, xs, ys, index, keys)``.
 
     ``params``, ``opt_state`` and ``state`` are donated: XLA updates them in place instead of
     copying them at every call (for persistent particles the state is a 60,000-row store), so the
     caller must use the returned values, not the arguments, afterwards.
     """
     return jax.jit(eqjax.train_chunk(
-        model, cost, solver, estimator, optimizer, warm_start=config.get("warm_start", False),
+        model, cost, optimizer, warm_start=config.get("warm_start", False),
         persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)),
         donate_argnums=(0, 1, 2))
 

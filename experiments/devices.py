@@ -40,12 +40,12 @@ def train_and_test(config, device, data, epochs, seed):
     optimizer = optax.chain(optax.sgd(schedule), optax.masked(device, eqjax.models.conductance_mask))
     params = model.init(jax.random.key(seed))
     opt_state = optimizer.init(params)
-    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, solver, estimator, optimizer)))
+    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, optimizer)))
     batch = config["batch_size"]
     n = (len(x) // batch) * batch
     for e in range(epochs):
         order = jax.random.permutation(jax.random.key(seed * 1000 + e), n)
-        params, opt_state, _ = epoch(params, opt_state, x[order].reshape(-1, batch, x.shape[1]),
+        params, opt_state, _ = epoch(params, opt_state, solver, estimator, x[order].reshape(-1, batch, x.shape[1]),
                                      y[order].reshape(-1, batch))
     aux = eqjax.evaluate(model, cost, solver, params, x_test, y_test)
     return float(jnp.mean(aux["accuracy"]))

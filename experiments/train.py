@@ -171,7 +171,7 @@ def main(argv=None):
     records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
-    chunk_fn = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
+    chunk_fn = configs.chunk_function(config, model, cost, optimizer)
     eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
     base_key = jax.random.key(config["seed"] + 1)
     chunks_done, last_save = 0, time.monotonic()
@@ -188,7 +188,7 @@ def main(argv=None):
                 keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
                     jnp.arange(first, last) + epoch * batches_per_epoch)
                 params, opt_state, state, metrics = chunk_fn(
-                    params, opt_state, state, x_train[idx], y_train[idx], idx, keys)
+                    params, opt_state, state, solver, estimator, x_train[idx], y_train[idx], idx, keys)
                 summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
                 record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
                           "progress": epoch + last / batches_per_epoch, "train_loss": summary["loss"],

@@ -48,7 +48,7 @@ def random_network(seed, diode, amplifier_gain=None, shapes=SHAPES, bias="conduc
 
 def spice_difference(model, params, x, y, beta):
     cost = eqjax.costs.squared_error()
-    eq = eqjax.relax(model, cost, SOLVER, params, x, y if beta else None, beta)
+    eq = eqjax.relax(model, cost, SOLVER, params, x, y if beta else None, phase=beta)
     assert bool(eq.converged.all())
     netlist = to_spice(model, jax.tree.map(np.asarray, params), np.asarray(x[0]), int(y[0]), beta)
     spice = read_operating_point(run_ngspice(netlist), model)
@@ -132,7 +132,7 @@ def test_block_coordinate_equals_gradient_descent_in_few_sweeps():
     cost = eqjax.costs.squared_error()
     bc = eqjax.relax(model, cost, eqjax.solvers.BlockCoordinate(1e-10, 500), params, x)
     gd = eqjax.relax(model, cost, eqjax.solvers.GradientDescent(0.3, 1e-12, 50_000), params, x)
-    assert float(eqjax.solvers.max_abs_difference(bc.state, gd.state)) < 1e-9
+    assert float(eqjax.loop.max_abs_difference(bc.state, gd.state)) < 1e-9
     assert int(bc.num_steps[0]) < 40 < int(gd.num_steps[0])  # exact coordinate descent
 
 

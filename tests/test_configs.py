@@ -20,16 +20,16 @@ def test_config_trains_one_chunk(name):
     config = dict(configs.CONFIGS[name], batches_per_epoch=2)
     config["sizes"] = [config["sizes"][0]] + [NARROW] * (len(config["sizes"]) - 2) + [config["sizes"][-1]]
     model, cost, solver, estimator, optimizer = configs.build(config)
-    chunk = configs.chunk_function(config, model, cost, solver, estimator, optimizer)
+    chunk = configs.chunk_function(config, model, cost, optimizer)
     batch, num_examples = config["batch_size"], 2 * config["batch_size"]
     x = jax.random.uniform(jax.random.key(0), (num_examples, config["sizes"][0]), jnp.float32)  # as MNIST
     y = jax.random.randint(jax.random.key(1), (num_examples,), 0, 10)
     index = jnp.arange(num_examples).reshape(2, batch)
-    params = model.init(jax.random.key(2))
+    params = model.init(jax.random.key(2), jnp.float32)
     state = configs.initial_state(config, model, num_examples)
-    new, _, _, metrics = chunk(params, optimizer.init(params), state, x[index], y[index], index,
+    new, _, _, metrics = chunk(params, optimizer.init(params), state, solver, estimator, x[index], y[index], index,
                                jax.random.split(jax.random.key(3), 2))
-    params = model.init(jax.random.key(2))  # the chunk took the first copy (donated)
+    params = model.init(jax.random.key(2), jnp.float32)  # the chunk took the first copy (donated)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in metrics.values()), name
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new, params)
     assert any(jax.tree.leaves(changed)), f"{name}: one chunk changed no parameter"

@@ -84,10 +84,10 @@ def test_ep_training_of_a_resistive_net_through_a_memristor_model():
     optimizer = optax.chain(optax.adam(3e-3), devices.memristor(
         0.0, 0.2, num_levels=256, potentiation=0.5, depression=0.5, write_std=0.1, device_std=0.1))
     opt_state = optimizer.init(params)
-    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(
-        model, cost, solver, eqjax.estimators.EP(beta=0.2), optimizer)))
+    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, optimizer)))
     for _ in range(15):
-        params, opt_state, metrics = epoch(params, opt_state, x.reshape(30, 16, 64), y.reshape(30, 16))
+        params, opt_state, metrics = epoch(params, opt_state, solver, eqjax.estimators.EP(beta=0.2),
+                                           x.reshape(30, 16, 64), y.reshape(30, 16))
     leaves = jax.tree.leaves(params)
     assert min(float(g.min()) for g in leaves) >= 0.0  # never negative
     assert max(float(g.max()) for g in leaves) <= 0.2 * (1 + 1e-6)  # g_max, to float32 rounding

@@ -16,16 +16,13 @@ def test_changing_beta_step_size_and_learning_rate_does_not_recompile():
     cost = eqjax.costs.squared_error()
     optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
 
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def step(solver, estimator, params, opt_state, x, y):
-        return eqjax.train_step(model, cost, solver, estimator, optimizer)(params, opt_state, x, y)
+    step = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_step(model, cost, optimizer)))
 
     opt_state = optimizer.init(params)
     for beta, step_size, learning_rate in [(0.1, 0.5, 0.1), (0.3, 0.2, 0.01), (-0.2, 0.4, 1.0)]:
         opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate)
         solver = GradientDescent(step_size=step_size, tol=1e-6, max_steps=50)
-        new_params, _, metrics = step(solver, EP(beta=beta), params, opt_state, x, y)
+        new_params, _, metrics, _ = step(params, opt_state, solver, EP(beta=beta), x, y)
         chex.assert_tree_all_finite(new_params)
     # the public jitted entry points do not retrace for new beta values either
     before = eqjax.api._estimate._cache_size()
@@ -52,7 +49,7 @@ def test_vmap_over_step_size_equals_python_loop():
     model, params, x, _ = random_problem(2, energy="smooth")
     cost = eqjax.costs.squared_error()
     steps = jnp.array([0.2, 0.5, 0.8])
-    relax = lambda eps: eqjax.solvers.relax_batch(model, cost, GradientDescent(eps, 1e-12, 2000), params, x, None, 0.0)
+    relax = lambda eps: eqjax.relax_batch(model, cost, GradientDescent(eps, 1e-12, 2000), params, x)
     batched = jax.vmap(relax)(steps)
     for i, eps in enumerate(steps):
         looped = eqjax.relax(model, cost, GradientDescent(float(eps), 1e-12, 2000), params, x)

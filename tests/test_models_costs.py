@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import eqjax
+from eqjax.models.hopfield import product_layout
 from conftest import random_problem
 
 
@@ -37,10 +38,10 @@ def test_product_layout_keeps_the_energy_and_transposes_only_narrowing_weights()
     # sizes (6, 7, 5, 3): W_2 (7, 5) and W_3 (5, 3) narrow, so both get a transposed copy; (4, 6, 6)
     # has a square W_2, which keeps its layout
     model, params, x, _ = random_problem(2, energy="bilinear")
-    loop_params = model.product_layout(params)
+    loop_params = product_layout(params)
     assert [t.shape for t in loop_params["transposed_weights"]] == [(5, 7), (3, 5)]
     square = eqjax.models.hopfield((4, 6, 6))
-    assert square.product_layout(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
+    assert product_layout(square.init(jax.random.key(0)))["transposed_weights"] == (None,)
     state = tuple(jax.random.uniform(jax.random.key(i), (n,), jnp.float64) for i, n in enumerate(model.sizes[1:]))
     # the same sums in another order: equal to float64 round-off
     assert float(model.energy(loop_params, state, x[0])) == pytest.approx(
@@ -95,7 +96,8 @@ def test_init_shapes_scale_and_bounds():
     w = np.asarray(params["weights"][0])
     assert w.max() <= limit and w.min() >= -limit
     assert w.std() == pytest.approx(limit / np.sqrt(3), rel=0.01)  # uniform(-a, a) has std a/sqrt(3)
-    assert params["weights"][0].dtype == jnp.float32
+    assert params["weights"][0].dtype == jnp.float64  # JAX's default float: the tests enable x64
+    assert model.init(jax.random.key(0), jnp.float32)["weights"][0].dtype == jnp.float32
     assert model.bounds == ((0.0, 1.0), (0.0, 1.0))
     assert eqjax.models.hopfield((3, 2), energy="smooth").bounds == ((-np.inf, np.inf),)
     assert eqjax.models.hopfield((3, 4, 2), output_bounds=(-1, 2)).bounds == ((0.0, 1.0), (-1.0, 2.0))
@@ -109,17 +111,19 @@ def test_costs():
     assert float(eqjax.costs.cross_entropy()(o, 2)) == pytest.approx(-log_softmax[2], rel=1e-6)
 
 
-def test_total_energy_with_real_and_complex_beta():
+def test_phases_add_their_terms_to_the_batch_energy():
     model, params, x, y = random_problem(2, energy="bilinear")
     cost = eqjax.costs.squared_error()
-    F = eqjax.costs.total_energy(model, cost)
-    state = model.init_state(x[0])
-    e = model.energy(params, state, x[0])
-    c = cost(model.output(state), y[0])
-    assert float(F(params, state, x[0], y[0], 0.3)) == pytest.approx(float(e + 0.3 * c), rel=1e-12)
-    beta = 0.1 * jnp.exp(1j * jnp.pi / 3)
-    assert complex(F(params, state, x[0], y[0], beta)) == pytest.approx(complex(e + beta * c), rel=1e-12)
-    assert float(F(params, state, x[0], None, 0.3)) == pytest.approx(float(e), rel=1e-12)
+    states = tuple(jax.random.uniform(jax.random.key(i), (x.shape[0], n), jnp.float64)
+                   for i, n in enumerate(model.sizes[1:]))
+    energies = jax.vmap(model.energy, in_axes=(None, 0, 0))(params, states, x)
+    costs = jax.vmap(lambda s, label: cost(model.output(s), label))(states, y)
+    F = lambda phase: eqjax.relaxation.total_energy(model, cost, phase, model.prepare(params, x), x, y)(states)
+    # the prepared (input field, transposed weights) batch energy is the sum of the examples' energies
+    assert float(F(eqjax.phases.Free())) == pytest.approx(float(energies.sum()), rel=1e-12)
+    assert float(F(eqjax.phases.Nudge(0.3))) == pytest.approx(float(energies.sum() + 0.3 * costs.sum()), rel=1e-12)
+    beta = 0.1 * jnp.exp(1j * jnp.pi / 3)  # complex beta stays complex
+    assert complex(F(eqjax.phases.Nudge(beta))) == pytest.approx(complex(energies.sum() + beta * costs.sum()), rel=1e-12)
 
 
 def test_synthetic_digits_are_deterministic_and_balanced():

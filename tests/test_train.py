@@ -30,11 +30,11 @@ def train(estimator, solver, dtype, epochs=20, learning_rate=0.05):
     params = model.init(jax.random.key(2), dtype=dtype)
     optimizer = optax.sgd(learning_rate)
     opt_state = optimizer.init(params)
-    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, solver, estimator, optimizer)))
+    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, optimizer)))
     xs, ys = x.reshape(-1, BATCH, 64), y.reshape(-1, BATCH)
     curve = []
     for _ in range(epochs):
-        params, opt_state, metrics = epoch(params, opt_state, xs, ys)
+        params, opt_state, metrics = epoch(params, opt_state, solver, estimator, xs, ys)
         curve.append(float(metrics["loss"].mean()))
     accuracy = float(eqjax.evaluate(model, cost, solver, params, x_test, y_test)["accuracy"].mean())
     return np.array(curve), accuracy, metrics
@@ -64,12 +64,12 @@ def test_epoch_scan_equals_a_loop_of_steps():
     solver, estimator = eqjax.solvers.BlockCoordinate(tol=1e-5, max_steps=30), EP(beta=0.2)
     optimizer = optax.sgd(0.05)
     params = model.init(jax.random.key(3))
-    step = eqjax.train_step(model, cost, solver, estimator, optimizer)
+    step = eqjax.train_step(model, cost, optimizer)
     xs, ys = x[:64].reshape(4, BATCH, 64), y[:64].reshape(4, BATCH)
-    scanned, _, metrics = jax.jit(eqjax.train_epoch(step))(params, optimizer.init(params), xs, ys)
+    scanned, _, metrics = jax.jit(eqjax.train_epoch(step))(params, optimizer.init(params), solver, estimator, xs, ys)
     looped, opt_state = params, optimizer.init(params)
     for i in range(4):
-        looped, opt_state, _ = jax.jit(step)(looped, opt_state, xs[i], ys[i])
+        looped, opt_state, _, _ = jax.jit(step)(looped, opt_state, solver, estimator, xs[i], ys[i])
     chex.assert_trees_all_close(scanned, looped, atol=1e-6)  # float32 round-off, fused vs unfused
     assert metrics["loss"].shape == (4,)
     assert set(metrics) >= {"loss", "accuracy", "free_steps", "positive_converged", "negative_residual"}
@@ -79,14 +79,14 @@ def test_second_epoch_does_not_recompile():
     x, y, _, _ = digits(jnp.float32)
     model, cost = demo_model(), eqjax.costs.squared_error()
     optimizer = optax.sgd(optax.exponential_decay(0.05, 10, 0.99))
-    chunk = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_chunk(
-        model, cost, eqjax.solvers.BlockCoordinate(1e-4, 15), EP(beta=0.2), optimizer, warm_start=True)))
+    chunk = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_chunk(model, cost, optimizer, warm_start=True)))
+    solver, estimator = eqjax.solvers.BlockCoordinate(1e-4, 15), EP(beta=0.2)
     params = model.init(jax.random.key(4))
     opt_state = optimizer.init(params)
     state = tuple(jnp.zeros((BATCH, n)) for n in model.sizes[1:])
     for epoch in range(2):  # a new data order each epoch, same shapes: one trace, one compile
         order = jax.random.permutation(jax.random.key(epoch), 160).reshape(10, BATCH)
         keys = jax.random.split(jax.random.key(epoch), 10)
-        params, opt_state, state, metrics = chunk(params, opt_state, state, x[order], y[order], order, keys)
+        params, opt_state, state, metrics = chunk(params, opt_state, state, solver, estimator, x[order], y[order], order, keys)
     assert chunk._cache_size() == 1
     chex.assert_tree_all_finite(params)

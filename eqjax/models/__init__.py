@@ -1,6 +1,7 @@
-"""Energy models: each is a frozen pytree dataclass exposing pure functions."""
+"""Energy models: each is a frozen pytree dataclass subclassing :class:`EnergyModel`."""
 
+from eqjax.models.base import EnergyModel
 from eqjax.models.hopfield import Hopfield, hopfield
 from eqjax.models.resistive import Resistive, conductance_mask, resistive
 
-__all__ = ["Hopfield", "Resistive", "conductance_mask", "hopfield", "resistive"]
+__all__ = ["EnergyModel", "Hopfield", "Resistive", "conductance_mask", "hopfield", "resistive"]

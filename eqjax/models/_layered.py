@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+from flax import struct
+
+from eqjax.models.base import EnergyModel
 
 
-class Layered:
-    """Mixin for models with a ``sizes = (n_in, h_1, ..., n_out)`` field."""
+class Layered(EnergyModel):
+    """Base of models with a static ``sizes = (n_in, h_1, ..., n_out)`` field: flat inputs of
+    ``n_in`` features, one state leaf ``(n_l,)`` per free layer, the last one the output."""
 
-    sizes: tuple[int, ...]
+    sizes: tuple[int, ...] = struct.field(pytree_node=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``(n_in,)``."""
+        return (self.sizes[0],)
 
     @property
     def num_inputs(self) -> int:

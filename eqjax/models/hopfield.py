@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.models._layered import Layered, checked_sizes
+from eqjax.models.base import default_float
 
 ENERGIES = ("bilinear", "scellier-bengio", "smooth")
 INITS = ("glorot", "kaiming")
@@ -59,12 +60,10 @@ _RHO = {"bilinear": _identity, "scellier-bengio": hard_sigmoid, "smooth": jax.nn
 _BOUNDS = {"bilinear": (0.0, 1.0), "scellier-bengio": (0.0, 1.0), "smooth": (-math.inf, math.inf)}
 
 
-@struct.dataclass
 class Hopfield(Layered):
     """A layered Hopfield energy model. Build it with :func:`hopfield`.
 
-    All fields are static (they decide shapes and control flow); the model holds no arrays, so it
-    can be passed to ``jax.jit`` as an ordinary or a static argument.
+    All fields are static (they decide shapes and control flow); the model holds no arrays.
     """
 
     sizes: tuple[int, ...] = struct.field(pytree_node=False)
@@ -80,14 +79,16 @@ class Hopfield(Layered):
         output = _BOUNDS[self.kind] if self.output_bounds is None else self.output_bounds
         return hidden + (output,)
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
-        """Uniform weights ``W_l ~ U(-a, a)`` scaled by ``gain``, zero biases.
+    def init(self, key: jax.Array, dtype=None) -> dict:
+        """Uniform weights ``W_l ~ U(-a, a)`` scaled by ``gain``, zero biases; ``dtype`` defaults
+        to JAX's default float (float64 under ``jax_enable_x64``).
 
         ``init_scheme="glorot"``: ``a = gain * sqrt(6 / (n_{l-1} + n_l))`` (Glorot & Bengio 2010).
         ``init_scheme="kaiming"``: ``a = gain / sqrt(n_{l-1})``, the scaling of Scellier et al.'s
         DHN code (2023-24), whose published gain 0.7 refers to it.
         Returns ``{"weights": (W_1, ..), "biases": (b_1, ..)}``.
         """
+        dtype = default_float() if dtype is None else dtype
         keys = jax.random.split(key, len(self.sizes) - 1)
         weights, biases = [], []
         for k, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:]):
@@ -103,51 +104,28 @@ class Hopfield(Layered):
         """All-zero state for one example ``x`` of shape ``(n_0,)``, in ``x``'s dtype."""
         return tuple(jnp.zeros((n,), x.dtype) for n in self.sizes[1:])
 
-    def input_drive(self, params: dict, x: jax.Array) -> jax.Array:
-        """The clamped input's field on the first layer, ``x @ W_1``, shape ``(n_1,)``.
-
-        It does not depend on the state, so relaxations compute it once per batch (not once per
-        step or per phase) and hand it to :meth:`energy` as ``drive``.
-        """
-        return x @ params["weights"][0]
-
-    def energy(self, params: dict, state: tuple, x: jax.Array, drive=None) -> jax.Array:
-        """Internal energy ``E(params, state, x)`` of one example; a scalar.
-
-        ``drive``: optional precomputed :meth:`input_drive` ``(params, x)``; the value is the same,
-        but gradients w.r.t. ``params`` then do not flow through ``W_1``'s input term.
-        """
+    def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
+        """Internal energy ``E(params, state, x)`` of one example; a scalar."""
         activations = self._activations(state)
-        drive = self.input_drive(params, x) if drive is None else drive
+        drive = x @ params["weights"][0]
         return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
 
-    def product_layout(self, params: dict) -> dict:
-        """``params`` with a transposed copy of each narrowing interaction weight, the layout
-        the products prefer; :meth:`energy` has the same value with either form.
-
-        Every ``W_l`` (``l >= 2``) with fewer outputs than inputs (``n_l < n_{l-1}``, e.g. the output
-        layer) is also stored as ``W_l^T``, shape ``(n_l, n_{l-1})``, under ``"transposed_weights"``
-        (a tuple aligned with ``weights[1:]``, ``None`` where not transposed), and the energy reads
-        it from there. ``jax.lax.optimization_barrier`` keeps XLA from folding the transpose back
-        into the products. Relaxation loops (``eqjax.solvers.relax_batch``) make the copy once per
-        relaxation: both products of a sweep, ``s_{l-1} W_l`` and ``s_l W_l^T``, then read contiguous
-        rows. :meth:`energy_difference` uses it too, so the gradient of ``W_l`` is computed as
-        wide rows of ``W_l^T`` and transposed back.
-
-        Measured with XLA on a 2-core CPU: a DHN-1H block-coordinate sweep of 16 examples takes
-        18 us instead of 22 us, and a DHN-1H training epoch 4% less time for the weight update.
-        Square weights showed no difference and keep their layout.
-
-        The returned dict is for evaluating the energy and its state derivatives. Differentiate
-        with respect to the original ``params``: the gradient then reaches ``W_l`` through the
-        copy. Differentiating with respect to the returned dict would put ``W_l``'s gradient
-        under ``"transposed_weights"``.
+    def prepare(self, params: dict, x: jax.Array) -> dict:
+        """For the relaxation of the batch ``x`` ``(B, n_0)``: the input field ``x W_1`` ``(B, n_1)``
+        (the largest product, independent of the state, so computed once for all steps and phases)
+        and the parameters in the layout the relaxation's products prefer (see :func:`product_layout`).
         """
-        transposed = tuple(
-            jax.lax.optimization_barrier(w.T) if w.shape[1] < w.shape[0] else None
-            for w in params["weights"][1:]
-        )
-        return dict(params, transposed_weights=transposed)
+        return {"params": product_layout(params), "drive": x @ params["weights"][0]}
+
+    def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
+        """The batch's summed energy from :meth:`prepare`'s input field and weight layout."""
+        params = prepared["params"]
+
+        def one(state, drive):
+            activations = self._activations(state)
+            return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
+
+        return jnp.sum(jax.vmap(one)(states, prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array):
         """``E(params, state_a, x) - E(params, state_b, x)`` for one example.
@@ -155,9 +133,9 @@ class Hopfield(Layered):
         The input term is factored as ``x W_1 (rho(a_1) - rho(b_1))``, so the gradient w.r.t.
         ``W_1`` (the largest matrix) is one outer product of ``x`` with a difference of states
         instead of two: what EP's weight update needs. The other weights are read in their
-        :meth:`product_layout`.
+        :func:`product_layout`.
         """
-        params = self.product_layout(params)
+        params = product_layout(params)
         acts_a, acts_b = self._activations(state_a), self._activations(state_b)
         input_term = x @ params["weights"][0] @ (acts_a[0] - acts_b[0])
         return (
@@ -184,9 +162,26 @@ class Hopfield(Layered):
         return state[-1]
 
 
+def product_layout(params: dict) -> dict:
+    """``params`` plus a transposed copy of each narrowing interaction weight, for speed only.
+
+    Every ``W_l`` (``l >= 2``) with fewer outputs than inputs (``n_l < n_{l-1}``, e.g. the output
+    layer) is also stored as ``W_l^T`` under ``"transposed_weights"`` (a tuple aligned with
+    ``weights[1:]``, ``None`` where not transposed); the energy's terms read it from there, so both
+    products of a relaxation sweep, ``s_{l-1} W_l`` and ``s_l W_l^T``, read contiguous rows.
+    ``jax.lax.optimization_barrier`` keeps XLA from folding the transpose back into the products.
+    The energy's value and its gradients (also w.r.t. ``W_l``, through the copy) are unchanged;
+    the measured effect is in BENCHMARKS.md.
+    """
+    transposed = tuple(
+        jax.lax.optimization_barrier(w.T) if w.shape[1] < w.shape[0] else None
+        for w in params["weights"][1:]
+    )
+    return dict(params, transposed_weights=transposed)
+
+
 def _interaction_weights(params: dict) -> tuple:
-    """``(W_2, ..., W_L)``, each read from its transposed copy when
-    :meth:`Hopfield.product_layout` made one."""
+    """``(W_2, ..., W_L)``, each read from its transposed copy when :func:`product_layout` made one."""
     weights = params["weights"][1:]
     transposed = params.get("transposed_weights", (None,) * len(weights))
     return tuple(w if t is None else t.T for w, t in zip(weights, transposed))

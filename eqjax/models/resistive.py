@@ -45,6 +45,7 @@ import numpy as np
 from flax import struct
 
 from eqjax.models._layered import Layered, checked_sizes
+from eqjax.models.base import default_float
 
 BOLTZMANN = 1.380649e-23  # J/K
 ELEMENTARY_CHARGE = 1.602176634e-19  # C
@@ -55,7 +56,6 @@ INITS = ("uniform", "kaiming")
 THERMAL_VOLTAGE = BOLTZMANN * SPICE_TEMPERATURE / ELEMENTARY_CHARGE  # about 25.865 mV
 
 
-@struct.dataclass
 class Resistive(Layered):
     """A layered resistive network with diode units. Build it with :func:`resistive`; all fields
     are static."""
@@ -102,7 +102,14 @@ class Resistive(Layered):
             result.append((lo, hi))
         return tuple(result)
 
-    def init(self, key: jax.Array, dtype=jnp.float32) -> dict:
+    def parameter_errors(self, params: dict) -> dict:
+        """Conductances must be non-negative (a resistor cannot have negative conductance)."""
+        negative = jnp.stack([jnp.any(g < 0) for k in self.conductance_keys for g in params[k]])
+        return {f"negative conductances in params[{list(self.conductance_keys)}]: a resistive network "
+                "needs conductances >= 0 (clip them, e.g. with eqjax.analog.devices.conductance_bounds)":
+                jnp.any(negative)}
+
+    def init(self, key: jax.Array, dtype=None) -> dict:
         """Random non-negative conductances for the layer from ``n_in`` nodes:
 
         - ``init_scheme="uniform"``: ``G ~ U(0, 2 a)`` with ``a = init_scale / n_in`` (a node then
@@ -110,8 +117,10 @@ class Resistive(Layered):
         - ``init_scheme="kaiming"``: ``G = max(0, U(-a, a))`` with ``a = init_scale / sqrt(n_in)``
           (half the resistors absent), the initialisation of Scellier et al. 2024's code.
 
-        Bias conductances ``U(0, 2 init_scale / n_in)``; bias currents zero.
+        Bias conductances ``U(0, 2 init_scale / n_in)``; bias currents zero. ``dtype`` defaults to
+        JAX's default float.
         """
+        dtype = default_float() if dtype is None else dtype
         keys = jax.random.split(key, 3 * (len(self.sizes) - 1))
         params = {name: [] for name in self.conductance_keys}
         if self.bias == "current":
