@@ -108,7 +108,7 @@ class Hopfield(Layered):
         """Internal energy ``E(params, state, x)`` of one example; a scalar."""
         activations = self._activations(state)
         drive = x @ params["weights"][0]
-        return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
+        return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
 
     def prepare(self, params: dict, x: jax.Array) -> dict:
         """For the relaxation of the batch ``x`` ``(B, n_0)``: the input field ``x W_1`` ``(B, n_1)``
@@ -123,7 +123,7 @@ class Hopfield(Layered):
 
         def one(state, drive):
             activations = self._activations(state)
-            return self._internal_energy(params, state, activations) - jnp.vdot(drive, activations[0])
+            return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
 
         return jnp.sum(jax.vmap(one)(states, prepared["drive"]))
 
@@ -150,11 +150,11 @@ class Hopfield(Layered):
 
     def _internal_energy(self, params: dict, state: tuple, activations: tuple) -> jax.Array:
         """Every term of the energy except the input interaction ``x W_1 rho(s_1)``."""
-        self_energy = sum(0.5 * jnp.vdot(s, s) for s in state)
+        self_energy = sum(0.5 * jnp.dot(s, s) for s in state)
         interaction = sum(
             activations[l] @ w @ activations[l + 1] for l, w in enumerate(_interaction_weights(params))
         )
-        bias_energy = sum(jnp.vdot(b, a) for b, a in zip(params["biases"], activations))
+        bias_energy = sum(jnp.dot(b, a) for b, a in zip(params["biases"], activations))
         return self_energy - interaction - bias_energy
 
     def output(self, state: tuple) -> jax.Array:

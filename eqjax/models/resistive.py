@@ -157,13 +157,13 @@ class Resistive(Layered):
             a, b = voltages[l], voltages[l + 1]
             if l > 0 and self.amplifier_gain is not None:
                 a = self.amplifier_gain * a  # the resistors see the amplifier's output
-            total += 0.5 * (jnp.vdot(a * a, g.sum(axis=1)) + jnp.vdot(b * b, g.sum(axis=0))) - a @ g @ b
+            total += 0.5 * (jnp.dot(a * a, g.sum(axis=1)) + jnp.dot(b * b, g.sum(axis=0))) - a @ g @ b
         if self.bias == "current":
-            total -= sum(jnp.vdot(i, v) for i, v in zip(params["bias_currents"], state))
+            total -= sum(jnp.dot(i, v) for i, v in zip(params["bias_currents"], state))
         else:
             vb = self.bias_voltage
             for v, gp, gm in zip(state, params["bias_plus"], params["bias_minus"]):
-                total += 0.5 * (jnp.vdot(gp, (v - vb) ** 2) + jnp.vdot(gm, (v + vb) ** 2))
+                total += 0.5 * (jnp.dot(gp, (v - vb) ** 2) + jnp.dot(gm, (v + vb) ** 2))
         if self.diode == "shockley":
             for layer, v in enumerate(state):
                 signs = jnp.asarray(self.diode_signs(layer), v.dtype)

@@ -1,0 +1,176 @@
+"""Failures speak: each case that used to pass silently now raises a clear error or is flagged."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import eqjax
+from eqjax import RESULTS
+from eqjax.estimators import EP
+from eqjax.phases import Nudge
+from eqjax.solvers import BlockCoordinate, GradientDescent
+from conftest import random_problem
+
+MODEL = eqjax.models.hopfield((64, 32, 10), gain=0.5)
+COST = eqjax.costs.squared_error()
+SOLVER = BlockCoordinate(tol=1e-5, max_steps=30)
+X, Y = eqjax.synthetic.digits(jax.random.key(0), 4)
+PARAMS = MODEL.init(jax.random.key(1), jnp.float32)
+RELAX = jax.jit(eqjax.relax_batch)  # the jitted core: no eager checks, so the loop sees the NaN
+
+
+def test_a_nan_example_is_frozen_and_the_others_converge_exactly_as_without_it():
+    bad = X.at[0, 3].set(jnp.nan)
+    with_nan = RELAX(MODEL, COST, SOLVER, PARAMS, bad)
+    without = RELAX(MODEL, COST, SOLVER, PARAMS, X[1:])
+    np.testing.assert_array_equal(with_nan.status, [RESULTS.NONFINITE] + [RESULTS.CONVERGED] * 3)
+    # bit for bit: same states, steps and residuals for the three finite examples
+    chex.assert_trees_all_equal(jax.tree.map(lambda s: s[1:], with_nan.state), without.state)
+    chex.assert_trees_all_equal(with_nan.num_steps[1:], without.num_steps)
+    chex.assert_trees_all_equal(with_nan.residual[1:], without.residual)
+    assert int(without.num_steps[0]) > 1  # they really relaxed (the old loop stopped after 1 step)
+    chex.assert_tree_all_finite(with_nan.state)  # frozen at its last finite state: safe to warm-start from
+
+
+def test_jitted_train_step_with_a_nan_example_keeps_params_finite_and_reports_it():
+    optimizer = optax.sgd(0.1)
+    step = jax.jit(eqjax.train_step(MODEL, COST, optimizer))
+    opt_state = optimizer.init(PARAMS)
+    bad = X.at[0, 3].set(jnp.nan)
+    params, _, metrics, free_state = step(PARAMS, opt_state, SOLVER, EP(beta=0.2), bad, Y)
+    clean, _, _, _ = step(PARAMS, opt_state, SOLVER, EP(beta=0.2), X[1:], Y[1:])
+    chex.assert_tree_all_finite((params, free_state))
+    # the gradient is the mean over the three finite examples: the same update as without the NaN one
+    chex.assert_trees_all_close(params, clean, atol=1e-6)  # float32, one batch fewer in the mean
+    assert np.isnan(float(metrics["loss"]))  # the batch's loss says something is wrong
+    assert float(metrics["free_nonfinite"]) == 0.25 and float(metrics["used"]) == 0.75
+
+
+def test_diverging_relaxation_is_flagged_nonfinite_not_max_steps():
+    model, params, x, _ = random_problem(0, sizes=(6, 20, 20, 3), energy="smooth", gain=3.0)
+    diverging = eqjax.relax(model, COST, GradientDescent(step_size=50.0, tol=1e-8, max_steps=2000), params, x)
+    assert np.all(np.asarray(diverging.status) == RESULTS.NONFINITE)
+    chex.assert_tree_all_finite(diverging.state)
+    short = eqjax.relax(model, COST, GradientDescent(step_size=0.1, tol=1e-12, max_steps=3), params, x)
+    assert np.all(np.asarray(short.status) == RESULTS.MAX_STEPS)
+    with pytest.raises(Exception, match="went NaN or infinite"):
+        eqjax.relax(model, COST, GradientDescent(step_size=50.0, tol=1e-8, max_steps=2000), params, x, throw=True)
+
+
+@pytest.mark.parametrize("beta", [jnp.asarray(0.0), np.float32(0), 0, float("nan"), jnp.asarray(jnp.inf)])
+def test_zero_or_nonfinite_beta_is_refused_in_any_type(beta):
+    with pytest.raises(ValueError, match="beta must be a finite nonzero number"):
+        EP(beta=beta)
+
+
+def test_bad_phase_solver_and_parameter_values_are_refused():
+    with pytest.raises(ValueError, match="beta must be finite"):
+        eqjax.relax(MODEL, COST, SOLVER, PARAMS, X, Y, phase=float("nan"))
+    for bad in (-1.0, jnp.asarray(-1.0), float("nan")):
+        with pytest.raises(ValueError, match="tol must be a non-negative number"):
+            BlockCoordinate(tol=bad)
+    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+        GradientDescent(step_size=jnp.asarray(jnp.inf))
+    nan_params = jax.tree.map(lambda p: p.at[0].set(jnp.nan), PARAMS)
+    with pytest.raises(ValueError, match="params contain NaN or infinite values"):
+        eqjax.relax(MODEL, COST, SOLVER, nan_params, X)
+    with pytest.raises(TypeError, match="EP takes a real beta"):
+        EP(beta=0.1j)
+
+
+def test_negative_conductances_are_refused():
+    model = eqjax.models.resistive((64, 20, 10))
+    params = model.init(jax.random.key(0), jnp.float32)
+    negative = dict(params, conductances=(params["conductances"][0].at[0, 0].set(-0.1),) + params["conductances"][1:])
+    with pytest.raises(ValueError, match="negative conductances"):
+        eqjax.relax(model, COST, SOLVER, negative, X)
+    # traced, inside a jitted training step: only throw=True can see it
+    step = jax.jit(eqjax.train_step(model, COST, optax.sgd(0.01), throw=True))
+    with pytest.raises(Exception, match="negative conductances"):
+        jax.block_until_ready(step(negative, optax.sgd(0.01).init(negative), SOLVER, EP(beta=0.2), X, Y))
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_labels_out_of_range_raise_inside_jit_with_throw(label):
+    optimizer = optax.sgd(0.1)
+    opt_state = optimizer.init(PARAMS)
+    y = Y.at[1].set(label)
+    checked = jax.jit(eqjax.train_step(MODEL, COST, optimizer, throw=True))
+    with pytest.raises(Exception, match=r"y holds labels outside \[0, 9\]"):
+        jax.block_until_ready(checked(PARAMS, opt_state, SOLVER, EP(beta=0.2), X, y))
+    params, *_ = checked(PARAMS, opt_state, SOLVER, EP(beta=0.2), X, Y)  # good labels pass
+    chex.assert_tree_all_finite(params)
+    with pytest.raises(ValueError, match=r"y holds labels outside \[0, 9\]"):  # eager entry points check anyway
+        eqjax.gradients(MODEL, COST, SOLVER, EP(beta=0.2), PARAMS, X, y)
+
+
+def test_throw_checks_traced_hyperparameters_and_inputs():
+    optimizer = optax.sgd(0.1)
+    opt_state = optimizer.init(PARAMS)
+    checked = jax.jit(eqjax.train_step(MODEL, COST, optimizer, throw=True))
+    # a traced beta of 0 (e.g. from a sweep) cannot be seen when EP is built, only in the program
+    with_beta = jax.jit(lambda beta: checked(PARAMS, opt_state, SOLVER, EP(beta=beta), X, Y)[0])
+    with pytest.raises(Exception, match="beta must be a finite nonzero"):
+        jax.block_until_ready(with_beta(0.0))
+    cases = [
+        (dict(x=X.at[2, 0].set(jnp.inf)), "x contains NaN or infinite values"),
+        (dict(params=jax.tree.map(lambda p: p * jnp.nan, PARAMS)), "params contain NaN"),
+    ]
+    for overrides, message in cases:
+        args = dict(params=PARAMS, opt_state=opt_state, solver=SOLVER, estimator=EP(beta=0.2), x=X, y=Y)
+        args.update(overrides)
+        with pytest.raises(Exception, match=message):
+            jax.block_until_ready(checked(**args))
+    # a traced tolerance of -1 (e.g. from a sweep) is caught in the compiled relaxation too
+    relax_in_jit = jax.jit(lambda tol: eqjax.relax(MODEL, COST, SOLVER.replace(tol=tol), PARAMS, X, throw=True).state)
+    with pytest.raises(Exception, match="tol must be a non-negative number"):
+        jax.block_until_ready(relax_in_jit(-1.0))
+
+
+def test_relax_inside_a_users_jit_closing_over_concrete_params():
+    # the eager finiteness checks evaluate closed-over concrete values without tracer conversion
+    @jax.jit
+    def free_outputs(x):
+        return eqjax.relax(MODEL, COST, SOLVER, PARAMS, x).state[-1]
+
+    assert free_outputs(X).shape == (4, 10)
+    nan_params = jax.tree.map(lambda p: p * jnp.nan, PARAMS)
+    with pytest.raises(ValueError, match="params contain NaN"):
+        jax.jit(lambda x: eqjax.relax(MODEL, COST, SOLVER, nan_params, x).state)(X)
+
+
+def test_complex_beta_is_kept_complex_not_cast():
+    model, params, x, y = random_problem(4, energy="smooth")
+    solver = GradientDescent(step_size=0.5, tol=1e-13, max_steps=20_000)
+    b = 1e-3
+    eq = eqjax.relax(model, COST, solver, params, x, y, phase=Nudge(1j * b))
+    assert all(jnp.iscomplexobj(s) for s in eq.state) and bool(eq.converged.all())
+    plus, minus = (eqjax.relax(model, COST, solver, params, x, y, phase=beta) for beta in (b, -b))
+    free = eqjax.relax(model, COST, solver, params, x)
+    # holomorphic response: s(i b) = s0 + i b ds/dbeta - b^2/2 d2s/dbeta2 + ...
+    for s, p, m, f in zip(eq.state, plus.state, minus.state, free.state):
+        np.testing.assert_allclose(np.imag(s), (p - m) / 2, atol=1e-8)  # b^3/3 d3s/dbeta3 ~ 1e-9 apart
+        np.testing.assert_allclose(np.real(s), f, atol=1e-5)  # O(b^2) apart
+    boxed, p2, x2, y2 = random_problem(4, energy="bilinear")
+    with pytest.raises(TypeError, match="complex state needs unbounded layers"):
+        eqjax.relax(boxed, COST, solver, p2, x2, y2, phase=Nudge(1j * b))
+    with pytest.raises(TypeError, match="BlockCoordinate works on real states"):
+        eqjax.relax(model, COST, BlockCoordinate(), params, x, y, phase=Nudge(1j * b))
+
+
+def test_four_beta_learning_rate_pairs_compile_the_training_step_once():
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    step = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_step(MODEL, COST, optimizer)))
+    opt_state = optimizer.init(PARAMS)
+    results = []
+    for beta, learning_rate in [(0.1, 0.01), (0.2, 0.05), (-0.3, 0.1), (0.5, 0.2)]:
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+        params, _, _, _ = step(PARAMS, opt_state, SOLVER, EP(beta=beta), X, Y)
+        results.append(params)
+    assert step._cache_size() == 1
+    # and the values did reach the step: four different updates
+    moved = [float(eqjax.loop.max_abs_difference(p, PARAMS)) for p in results]
+    assert len(set(moved)) == 4 and min(moved) > 0
