@@ -5,7 +5,7 @@ from eqjax._checks import check_inputs, check_params
 from eqjax.api import evaluate, gradients, relax
 from eqjax.equilibrium import RESULTS, Equilibrium
 from eqjax.relaxation import relax_batch
-from eqjax.train import summarize, train_chunk, train_epoch, train_step
+from eqjax.train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "phases",
     "relax",
     "relax_batch",
+    "set_hyperparams",
     "solvers",
     "synthetic",
     "summarize",

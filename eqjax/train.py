@@ -73,6 +73,20 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     return step
 
 
+def set_hyperparams(opt_state, **values):
+    """A copy of an ``optax.inject_hyperparams`` optimizer state with new hyperparameter values
+    (e.g. ``learning_rate=0.02``), each cast to the dtype already stored, so a jitted step that
+    takes the state does not recompile (a Python float would arrive weakly typed: a new signature)."""
+    stored = getattr(opt_state, "hyperparams", None)
+    if not isinstance(stored, dict):
+        raise TypeError("set_hyperparams needs the state of an optax.inject_hyperparams optimizer")
+    unknown = sorted(set(values) - set(stored))
+    if unknown:
+        raise KeyError(f"the optimizer has no hyperparameters {unknown}; it has {sorted(stored)}")
+    updated = {name: jnp.asarray(value, jnp.result_type(stored[name])) for name, value in values.items()}
+    return opt_state._replace(hyperparams={**stored, **updated})
+
+
 def train_epoch(step: Callable) -> Callable:
     """Lift a :func:`train_step` to ``epoch(params, opt_state, solver, estimator, xs, ys) ->
     (params, opt_state, metrics)``.

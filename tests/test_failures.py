@@ -167,10 +167,12 @@ def test_four_beta_learning_rate_pairs_compile_the_training_step_once():
     opt_state = optimizer.init(PARAMS)
     results = []
     for beta, learning_rate in [(0.1, 0.01), (0.2, 0.05), (-0.3, 0.1), (0.5, 0.2)]:
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+        opt_state = eqjax.set_hyperparams(opt_state, learning_rate=learning_rate)
         params, _, _, _ = step(PARAMS, opt_state, SOLVER, EP(beta=beta), X, Y)
         results.append(params)
     assert step._cache_size() == 1
+    with pytest.raises(KeyError, match=r"no hyperparameters \['momentum'\]"):
+        eqjax.set_hyperparams(opt_state, momentum=0.9)
     # and the values did reach the step: four different updates
     moved = [float(eqjax.loop.max_abs_difference(p, PARAMS)) for p in results]
     assert len(set(moved)) == 4 and min(moved) > 0
