@@ -1,6 +1,6 @@
 """eqjax: equilibrium propagation and energy-based learning in JAX."""
 
-from eqjax import analog, costs, data, estimators, loop, models, phases, solvers, synthetic
+from eqjax import analog, costs, data, estimators, loop, models, phases, solvers, sweep, synthetic
 from eqjax._checks import check_inputs, check_params
 from eqjax.api import evaluate, gradients, relax
 from eqjax.equilibrium import RESULTS, Equilibrium
@@ -29,6 +29,7 @@ __all__ = [
     "solvers",
     "synthetic",
     "summarize",
+    "sweep",
     "train_chunk",
     "train_epoch",
     "train_step",

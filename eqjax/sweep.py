@@ -1,0 +1,159 @@
+"""Hyperparameter sweeps as one compiled program: members vmapped together, sharded over devices.
+
+A grid is a dict of equal-length 1-D arrays, one entry per member (:func:`product`, :func:`zipped`).
+:func:`run` calls ``fn(hparams, *args)`` for every member, where ``hparams`` is one member's row as a
+dict of traced scalars and ``args`` are shared by all members (data, keys). Inside ``fn`` build
+whatever the hyperparameters decide, e.g.::
+
+    def fn(h, xs, ys):
+        params = model.init(jax.random.key(h["seed"]))
+        optimizer = optax.sgd(h["learning_rate"])          # a traced rate: fine inside fn
+        epoch = eqjax.train_epoch(eqjax.train_step(model, cost, optimizer))
+        params, _, metrics = epoch(params, optimizer.init(params), solver, EP(beta=h["beta"]), xs, ys)
+        return {"loss": metrics["loss"][-1]}
+
+Only values can be swept this way: anything that decides shapes or control flow (layer sizes,
+``max_steps``, ``check_every``, the EP variant, the cost) is static, so members that differ in it
+need separate :func:`run` calls (one compile each).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MEMBERS = "members"  # the mesh axis the members are sharded over
+
+
+def _axis(name, values) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"sweep axis {name!r} must be a non-empty list of numbers, got {values!r}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"sweep axis {name!r} must hold numbers (static choices need separate runs), got {values!r}")
+    return array
+
+
+def product(**axes) -> dict:
+    """Every combination of the axes, the last axis varying fastest: ``product(beta=[0.1, 0.2],
+    seed=[0, 1, 2])`` has 6 members. Returns ``{name: (members,) array}``."""
+    arrays = {name: _axis(name, values) for name, values in axes.items()}
+    rows = list(itertools.product(*(range(a.size) for a in arrays.values())))
+    return {name: a[[row[i] for row in rows]] for i, (name, a) in enumerate(arrays.items())}
+
+
+def zipped(**axes) -> dict:
+    """Members taken row by row from axes of equal length: ``zipped(beta=[0.1, 0.2], seed=[0, 1])``
+    has 2 members. Returns ``{name: (members,) array}``."""
+    arrays = {name: _axis(name, values) for name, values in axes.items()}
+    lengths = {name: a.size for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"zipped axes must have equal lengths, got {lengths}")
+    return arrays
+
+
+def num_members(grid: dict) -> int:
+    """The number of members of a grid (``ValueError`` for an empty or ragged one)."""
+    lengths = {name: np.shape(values) for name, values in grid.items()}
+    if not grid or len(set(lengths.values())) != 1 or len(next(iter(lengths.values()))) != 1:
+        raise ValueError(f"a grid is a non-empty dict of 1-D arrays of one length, got shapes {lengths}")
+    return next(iter(lengths.values()))[0]
+
+
+def _all_finite_per_member(outputs) -> np.ndarray:
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(outputs)]
+    finite = [np.isfinite(leaf.reshape(leaf.shape[0], -1)).all(axis=1) for leaf in leaves
+              if np.issubdtype(leaf.dtype, np.inexact)]
+    return np.all(finite, axis=0) if finite else np.ones(leaves[0].shape[0], bool)
+
+
+@struct.dataclass
+class SweepResult:
+    """What :func:`run` returns (NumPy arrays on the host).
+
+    Attributes:
+      grid: ``{name: (members,) array}``, the members' hyperparameters.
+      outputs: ``fn``'s outputs stacked on a leading member axis.
+      ok: ``(members,)`` bool: every floating output of the member is finite. Members that are not
+        ``ok`` diverged; they are reported here and skipped by :meth:`best`, and never change the
+        other members' numbers (each member is its own computation).
+    """
+
+    grid: dict
+    outputs: object
+    ok: np.ndarray
+
+    def member(self, index: int) -> dict:
+        """Member ``index``'s hyperparameters as Python numbers."""
+        return {name: values[index].item() for name, values in self.grid.items()}
+
+    def best(self, metric, mode: str = "min") -> int:
+        """The index of the ``ok`` member with the smallest (``mode="min"``) or largest (``"max"``)
+        ``metric``: an output's key (a ``(members,)`` entry of a dict output) or a function of the
+        outputs returning ``(members,)``. ``ValueError`` when no member is ``ok``."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        values = np.asarray(metric(self.outputs) if callable(metric) else self.outputs[metric], float)
+        if values.shape != self.ok.shape:
+            raise ValueError(f"metric must have one value per member {self.ok.shape}, got {values.shape}")
+        usable = self.ok & np.isfinite(values)
+        if not usable.any():
+            raise ValueError("no member of the sweep finished with finite outputs")
+        ranked = np.where(usable, values if mode == "min" else -values, np.inf)
+        return int(np.argmin(ranked))
+
+
+def _to_host(tree):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None) -> SweepResult:
+    """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled, vmapped program.
+
+    Args:
+      fn: a pure function of one member's ``hparams`` (a dict of traced scalars, one per grid
+        axis, with the grid's dtypes) and the shared ``args``; returns a pytree of arrays.
+      grid: ``{name: (members,) array}``, e.g. from :func:`product`.
+      args: shared by every member (not vmapped), placed replicated on every device once.
+      devices: the devices the member axis is sharded over (default: ``jax.devices()``, every
+        device of every process). With several processes (``jax.distributed.initialize``) every
+        process must call ``run`` with the same arguments; each gets the full result.
+      members_per_call: at most this many members per compiled call (rounded up to a multiple of
+        the device count), to bound memory; default all members in one call. The last call is
+        padded with copies of the last member, whose outputs are dropped.
+    Returns:
+      a :class:`SweepResult`. ``fn`` is traced and compiled once per ``run`` call.
+    """
+    count = num_members(grid)
+    grid = {name: np.asarray(values, jax.dtypes.canonicalize_dtype(np.asarray(values).dtype))
+            for name, values in grid.items()}
+    devices = list(jax.devices() if devices is None else devices)
+    mesh = Mesh(np.asarray(devices), (MEMBERS,))
+    per_call = count if members_per_call is None else int(members_per_call)
+    if per_call < 1:
+        raise ValueError(f"members_per_call must be a positive int, got {members_per_call!r}")
+    per_call = math.ceil(min(per_call, count) / len(devices)) * len(devices)
+    spread, replicated = NamedSharding(mesh, PartitionSpec(MEMBERS)), NamedSharding(mesh, PartitionSpec())
+    shared = jax.device_put(args, replicated)
+    compiled = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(args)),
+                       in_shardings=(spread,) + (replicated,) * len(args), out_shardings=spread)
+    pieces = []
+    for start in range(0, count, per_call):
+        rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member
+        chunk = {name: jax.make_array_from_callback((per_call,), spread, lambda index, v=values[rows]: v[index])
+                 for name, values in grid.items()}
+        outputs = _to_host(compiled(chunk, *shared))
+        kept = min(per_call, count - start)
+        pieces.append(jax.tree.map(lambda leaf: leaf[:kept], outputs))
+    outputs = jax.tree.map(lambda *leaves: np.concatenate(leaves), *pieces)
+    return SweepResult(grid=grid, outputs=outputs, ok=_all_finite_per_member(outputs))

@@ -1,0 +1,110 @@
+"""Sweeps: every member equals its single run, one compile, diverging members isolated, devices."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import eqjax
+from eqjax.estimators import EP
+
+MODEL = eqjax.models.hopfield((64, 16, 10), gain=0.5, output_bounds=(-jnp.inf, jnp.inf))
+COST = eqjax.costs.squared_error()
+SOLVER = eqjax.solvers.BlockCoordinate(tol=1e-5, max_steps=40)
+X, Y = eqjax.synthetic.digits(jax.random.key(0), 96)
+XS, YS = X.astype(jnp.float64).reshape(6, 16, 64), Y.reshape(6, 16)
+
+
+def train(h, xs, ys):
+    """One epoch of EP training from a seed: the sweep's member and the single run alike."""
+    params = MODEL.init(jax.random.key(h["seed"]), jnp.float64)
+    optimizer = optax.sgd(h["learning_rate"])
+    epoch = eqjax.train_epoch(eqjax.train_step(MODEL, COST, optimizer))
+    params, _, metrics = epoch(params, optimizer.init(params), SOLVER.replace(tol=h["tol"]),
+                               EP(beta=h["beta"]), xs, ys)
+    return {"params": params, "loss": metrics["loss"].mean(), "steps": metrics["free_steps"].mean()}
+
+
+def single_run(grid, i):
+    return jax.jit(train)({name: values[i].item() for name, values in grid.items()}, XS, YS)
+
+
+def test_product_and_zipped_grids():
+    grid = eqjax.sweep.product(beta=[0.1, 0.2], seed=[0, 1, 2])
+    np.testing.assert_array_equal(grid["beta"], [0.1, 0.1, 0.1, 0.2, 0.2, 0.2])
+    np.testing.assert_array_equal(grid["seed"], [0, 1, 2, 0, 1, 2])
+    assert eqjax.sweep.num_members(eqjax.sweep.zipped(beta=[0.1, 0.2], seed=[3, 4])) == 2
+    with pytest.raises(ValueError, match="equal lengths"):
+        eqjax.sweep.zipped(beta=[0.1, 0.2], seed=[0])
+    with pytest.raises(TypeError, match="must hold numbers"):
+        eqjax.sweep.product(variant=["positive", "centered"])
+
+
+def test_every_member_equals_its_single_run_and_the_sweep_compiles_once():
+    traces = []
+
+    def counted(h, xs, ys):
+        traces.append(1)  # runs once per trace, not per member or call
+        return train(h, xs, ys)
+
+    grid = eqjax.sweep.product(beta=[0.1, -0.3], learning_rate=[0.02, 0.1], seed=[0, 1], tol=[1e-5, 1e-7])
+    result = eqjax.sweep.run(counted, grid, XS, YS, members_per_call=5)  # 16 members in 4 calls, padded
+    assert len(traces) == 1
+    assert result.ok.all() and result.outputs["loss"].shape == (16,)
+    for i in (0, 5, 10, 15):  # members from every call
+        single = single_run(grid, i)
+        member = jax.tree.map(lambda leaf: leaf[i], result.outputs)
+        # the same float64 arithmetic, batched over members: round-off apart
+        chex.assert_trees_all_close(member, jax.tree.map(np.asarray, single), rtol=1e-9, atol=1e-12)
+    assert result.best("loss") == int(np.argmin(result.outputs["loss"]))
+    assert result.member(3) == {"beta": 0.1, "learning_rate": 0.02, "seed": 1, "tol": 1e-7}
+
+
+def test_a_diverging_member_is_flagged_and_the_others_are_unchanged():
+    # float64 weights take a huge rate to overflow: the loss grows like 1e40 at a rate of 1e3 and
+    # reaches inf at 1e30
+    grid = eqjax.sweep.zipped(beta=[0.2, 0.2, 0.2], learning_rate=[0.05, 1e30, 0.1], seed=[0, 0, 1], tol=[1e-5] * 3)
+    result = eqjax.sweep.run(train, grid, XS, YS)
+    np.testing.assert_array_equal(result.ok, [True, False, True])
+    assert not np.isfinite(result.outputs["loss"][1])
+    alone = eqjax.sweep.run(train, {k: v[[0, 2]] for k, v in grid.items()}, XS, YS)
+    chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[[0, 2]], result.outputs), alone.outputs,
+                                rtol=1e-12, atol=1e-14)  # the diverging member changes nothing else
+    assert result.best("loss", mode="max") in (0, 2)  # never the diverged member
+    with pytest.raises(ValueError, match="no member"):
+        eqjax.sweep.run(train, {k: v[[1]] for k, v in grid.items()}, XS, YS).best("loss")
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, "tests")
+    import test_sweep as t
+    import eqjax
+    assert len(jax.devices()) == 4, jax.devices()
+    grid = eqjax.sweep.product(beta=[0.1, 0.3], learning_rate=[0.02, 0.1], seed=[0, 1, 2], tol=[1e-6])
+    one = eqjax.sweep.run(t.train, grid, t.XS, t.YS, devices=jax.devices()[:1])
+    four = eqjax.sweep.run(t.train, grid, t.XS, t.YS, members_per_call=8)
+    difference = max(float(abs(a - b).max()) for a, b in zip(jax.tree.leaves(one.outputs), jax.tree.leaves(four.outputs)))
+    print(json.dumps({"difference": difference, "ok": bool(four.ok.all())}))
+""")
+
+
+def test_four_forced_cpu_devices_give_the_one_device_results():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"]
+    assert report["difference"] < 1e-9, report  # float64; members split 8 + 4 (padded) over 4 devices
