@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: train test test-slow bench clean system-packages
+.PHONY: train sweep test test-slow bench clean system-packages
 
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
@@ -36,6 +36,10 @@ system-packages:
 train: NEED_NGSPICE = 0
 train: $(STAMP) system-packages
 	$(PY) experiments/train.py $(ARGS)
+
+sweep: NEED_NGSPICE = 0
+sweep: $(STAMP) system-packages
+	$(PY) experiments/sweep.py $(ARGS)
 
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

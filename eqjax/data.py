@@ -337,3 +337,12 @@ def load(name: str, split: str = "train", data_dir=None, download: bool = False)
     labels = np.asarray(labels).astype(np.int32)
     _verify(name, split, images, labels, source)
     return images, labels
+
+
+def holdout(images, labels, count: int):
+    """Split off the last ``count`` examples for validation: ``((images, labels), (val_images,
+    val_labels))``. ``count = 0`` keeps everything for training (the papers' setting)."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 0 <= count < len(images):
+        raise ValueError(f"the validation split must be an int in [0, {len(images) - 1}], got {count!r}")
+    cut = len(images) - count
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])

@@ -117,7 +117,8 @@ def _to_host(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None) -> SweepResult:
+def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None,
+        on_call: Callable | None = None) -> SweepResult:
     """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled, vmapped program.
 
     Args:
@@ -131,6 +132,9 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
       members_per_call: at most this many members per compiled call (rounded up to a multiple of
         the device count), to bound memory; default all members in one call. The last call is
         padded with copies of the last member, whose outputs are dropped.
+      on_call: called on the host after each call as ``on_call(members, outputs)`` with the call's
+        member indices ``(n,)`` and their outputs (e.g. to report progress or save results as they
+        come, so that a killed sweep can skip finished members).
     Returns:
       a :class:`SweepResult`. ``fn`` is traced and compiled once per ``run`` call.
     """
@@ -155,5 +159,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
         outputs = _to_host(compiled(chunk, *shared))
         kept = min(per_call, count - start)
         pieces.append(jax.tree.map(lambda leaf: leaf[:kept], outputs))
+        if on_call is not None:
+            on_call(np.arange(start, start + kept), pieces[-1])
     outputs = jax.tree.map(lambda *leaves: np.concatenate(leaves), *pieces)
     return SweepResult(grid=grid, outputs=outputs, ok=_all_finite_per_member(outputs))

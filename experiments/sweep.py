@@ -1,0 +1,314 @@
+"""Hyperparameter sweep of a named config: every member trained as one vmapped, compiled program.
+
+    make sweep ARGS="--model dhn-1h --grid beta=0.1,0.2,0.5 --grid learning_rate=0.02,0.05 --epochs 3 --validation 10000"
+    python experiments/sweep.py --resume runs/<sweep>          # continue; finished members are kept
+
+Each ``--grid KEY=V1,V2,...`` is an axis (values in JSON); the members are every combination.
+Numeric values of ``beta``, ``learning_rate``, ``tol``, ``step_size``, ``decay`` and ``seed`` are
+traced: members that differ only in them train together in one compiled call (vmapped over
+members, sharded over the local devices). Any other entry (e.g. ``variant``, ``gain``,
+``free_steps``) is static: each combination of static values is a group with its own compile.
+
+Every member sees the same data order (from ``--data-seed`` and the epoch); ``seed`` sets its
+initialisation. The last ``--validation`` training examples are held out: the best member is the
+one with the lowest final validation error, and its test error is reported once.
+
+Writes ``runs/<sweep>/`` with ``sweep.json`` (the arguments), ``results.csv`` (one row per member:
+hyperparameters, validation error per epoch, final test error, converged fraction of the free
+phase, diverged flag (non-finite parameters or training loss); appended as calls finish, so ``--resume`` skips finished members) and
+``sweep.png`` (final validation error over the grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import configs  # noqa: E402
+from train import load_split  # noqa: E402
+
+import eqjax  # noqa: E402
+
+TRACED = ("beta", "learning_rate", "tol", "step_size", "decay", "seed")
+EVAL_BATCH = 1000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="dhn-1h", choices=sorted(configs.CONFIGS))
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="a sweep axis (values in JSON; repeat for more axes)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry for every member (VALUE in JSON)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--validation", type=int, default=10_000, help="training examples held out")
+    parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
+    parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the data order (shared)")
+    parser.add_argument("--members-per-call", type=int, help="members per compiled call (memory bound)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
+    parser.add_argument("--resume", type=Path, help="sweep directory to continue")
+    return parser.parse_args(argv)
+
+
+def parse_json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text.replace("-", "").replace("_", "").isalnum():
+            return text  # a bare word, e.g. variant=centered
+        raise SystemExit(f"{what}: {text!r} is not valid JSON")
+
+
+def parse_axes(items, config) -> dict:
+    axes = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,...")
+        if key != "seed" and key not in config and key not in configs.OPTIONAL:
+            raise SystemExit(f"--grid {item!r}: the config has no entry {key!r} (has {sorted(config)})")
+        if key in axes:
+            raise SystemExit(f"--grid {key} given twice")
+        axes[key] = [parse_json(v, f"--grid {key}") for v in values.split(",")]
+    return axes
+
+
+def is_traced(key, value) -> bool:
+    return key in TRACED and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def member_table(axes: dict) -> list[dict]:
+    """Every combination of the axes, the last varying fastest."""
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def error_rate(model, cost, solver, params, x, y):
+    """Fraction of misclassified examples, relaxing ``EVAL_BATCH`` examples at a time in a scan
+    (the last batch padded; padding does not count)."""
+    n = x.shape[0]
+    batches = -(-n // EVAL_BATCH)
+    pad = batches * EVAL_BATCH - n
+    xb = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape(batches, EVAL_BATCH, *x.shape[1:])
+    yb = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(batches, EVAL_BATCH)
+    real = (jnp.arange(batches * EVAL_BATCH) < n).reshape(batches, EVAL_BATCH)
+
+    def wrong(total, batch):
+        xi, yi, mask = batch
+        free = eqjax.relax_batch(model, cost, solver, params, xi)
+        prediction = eqjax.costs.predict(jax.vmap(model.output)(free.state))
+        return total + jnp.sum((prediction != yi) & mask, dtype=total.dtype), None
+
+    total, _ = jax.lax.scan(wrong, jnp.zeros((), jnp.int32), (xb, yb, real))
+    return total / n
+
+
+def member_function(config: dict, traced_keys: tuple, num_train: int):
+    """``fn(h, x, y, x_val, y_val, x_test, y_test, orders, keys)`` training one member for
+    ``len(orders)`` epochs; ``h`` holds the member's traced values."""
+    static_model, cost = configs.build(dict(config))[:2]
+
+    def fn(h, x, y, x_val, y_val, x_test, y_test, orders, keys):
+        member = dict(config, **{k: h[k] for k in traced_keys if k != "seed"})
+        _, _, solver, estimator, optimizer = configs.build(member)
+        eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
+        seed = h["seed"] if "seed" in traced_keys else config["seed"]
+        params = static_model.init(jax.random.key(seed), jnp.float32)
+        state = configs.initial_state(config, static_model, num_train)
+        chunk = eqjax.train_chunk(static_model, cost, optimizer, warm_start=config.get("warm_start", False),
+                                  persistent=config.get("persistent", False),
+                                  random_sign=config.get("random_sign", False))
+
+        def epoch(carry, data):
+            order, epoch_keys = data
+            params, opt_state, state = carry
+            params, opt_state, state, metrics = chunk(params, opt_state, state, solver, estimator, x[order], y[order],
+                                                      order, epoch_keys)
+            record = {"validation_error": error_rate(static_model, cost, eval_solver, params, x_val, y_val),
+                      "train_error": 1 - jnp.mean(metrics["accuracy"]),
+                      "train_loss": jnp.mean(metrics["loss"]),
+                      "converged": jnp.mean(metrics["free_converged"]),
+                      "nonfinite": jnp.mean(metrics["free_nonfinite"])}
+            return (params, opt_state, state), record
+
+        (params, _, _), records = jax.lax.scan(epoch, (params, optimizer.init(params), state), (orders, keys))
+        records["test_error"] = error_rate(static_model, cost, eval_solver, params, x_test, y_test)
+        records["params_finite"] = eqjax._checks.all_finite(params)
+        return records
+
+    return fn
+
+
+def csv_fields(axes, epochs):
+    return (list(axes) + [f"validation_error_{e + 1}" for e in range(epochs)]
+            + ["test_error", "train_error", "train_loss", "converged", "diverged", "group_seconds"])
+
+
+def read_rows(path: Path, fields: list[str]) -> list[dict]:
+    """The complete rows of ``results.csv`` (a line cut by a killed run is dropped)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if all(r.get(k) not in (None, "") for k in fields)]
+
+
+def as_number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def plot(run_dir: Path, axes: dict, rows: list[dict], epochs: int):
+    """Final validation error against the first axis with several values, one line per
+    combination of the other axes; diverged members are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    names = [n for n in axes if len(axes[n]) > 1] or list(axes)
+    x_name, others = names[0], names[1:]
+    final = f"validation_error_{epochs}"
+    numeric = all(as_number(r[x_name]) is not None for r in rows)
+    lines = {}
+    for r in rows:
+        if r["diverged"] == "0":
+            lines.setdefault(tuple(r[n] for n in others), []).append(r)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, members in sorted(lines.items()):
+        if numeric:
+            members = sorted(members, key=lambda r: as_number(r[x_name]))
+        xs = [as_number(r[x_name]) if numeric else r[x_name] for r in members]
+        ax.plot(xs, [100 * float(r[final]) for r in members], "o-",
+                label=", ".join(f"{n}={v}" for n, v in zip(others, label)) or None)
+    if numeric and rows and min(as_number(r[x_name]) for r in rows) > 0:
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({as_number(r[x_name]) for r in rows}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(f"validation error after epoch {epochs} (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    if others:
+        ax.legend(fontsize=8)
+    ax.set_title(run_dir.name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(run_dir / "sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_dir = args.resume
+    if run_dir is not None:
+        if not (run_dir / "sweep.json").exists():
+            raise SystemExit(f"--resume {run_dir}: no sweep.json there (not a sweep directory)")
+        args = parse_args(json.loads((run_dir / "sweep.json").read_text())["argv"])
+    base = dict(configs.CONFIGS[args.model])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in base and key not in configs.OPTIONAL:
+            raise SystemExit(f"--set {item}: {args.model} has no entry {key!r}")
+        base[key] = parse_json(value, f"--set {key}")
+    axes = parse_axes(args.grid, base)
+    if not axes:
+        raise SystemExit("give at least one --grid KEY=V1,V2,...")
+    if args.epochs < 1:
+        raise SystemExit(f"--epochs must be at least 1, got {args.epochs}")
+    if run_dir is None:
+        name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.runs_dir / name
+        run_dir.mkdir(parents=True, exist_ok=False)
+        (run_dir / "sweep.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else list(argv),
+                                                         "axes": axes}, indent=2))
+
+    images, labels = load_split(args.dataset, "train", args.train_limit, args.data_dir)
+    (x, y), (x_val, y_val) = eqjax.data.holdout(images, labels, args.validation)
+    x_test, y_test = load_split(args.dataset, "test", args.test_limit, args.data_dir)
+    if args.validation == 0:
+        x_val, y_val = x_test, y_test  # the papers' setting: select on test (reported as such)
+    batch = base["batch_size"]
+    batches = len(x) // batch
+    if batches < 1:
+        raise SystemExit(f"{len(x)} training examples make no batch of {batch}")
+    orders = np.stack([np.random.default_rng([args.data_seed, e]).permutation(len(x))[: batches * batch]
+                       .reshape(batches, batch) for e in range(args.epochs)])
+    keys = jax.vmap(lambda e: jax.random.split(jax.random.fold_in(jax.random.key(args.data_seed + 1), e), batches))(
+        jnp.arange(args.epochs))
+    shared = (x, y, x_val, y_val, x_test, y_test, jnp.asarray(orders), keys)
+
+    results = run_dir / "results.csv"
+    fields = csv_fields(axes, args.epochs)
+    members = member_table(axes)
+    finished = read_rows(results, fields)
+    with open(results, "w", newline="") as f:  # only complete rows, then append
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(finished)
+    done = {tuple(r[k] for k in axes) for r in finished}
+    pending = [m for m in members if tuple(str(m[k]) for k in axes) not in done]
+    groups = {}
+    for m in pending:
+        static = tuple((k, json.dumps(v)) for k, v in m.items() if not is_traced(k, v))
+        groups.setdefault(static, []).append(m)
+    bar = tqdm(total=len(members), initial=len(members) - len(pending), desc="members", unit="member")
+    with open(results, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        for static, group in groups.items():
+            config = dict(base, **{k: json.loads(v) for k, v in static}, batches_per_epoch=batches,
+                          seed=base.get("seed", 0))
+            traced_keys = tuple(k for k in axes if k not in dict(static))
+            grid = {k: np.asarray([m[k] for m in group]) for k in traced_keys} or {"_": np.zeros(len(group))}
+            start = time.time()
+
+            def save(indices, outputs, group=group, start=start):
+                for i in indices:
+                    out = jax.tree.map(lambda leaf: leaf[i - indices[0]], outputs)
+                    row = {k: group[i][k] for k in axes}
+                    row.update({f"validation_error_{e + 1}": round(float(v), 6)
+                                for e, v in enumerate(out["validation_error"])})
+                    finite = bool(out["params_finite"]) and np.isfinite(out["train_loss"][-1])
+                    row.update(test_error=round(float(out["test_error"]), 6),
+                               train_error=round(float(out["train_error"][-1]), 6),
+                               train_loss=float(out["train_loss"][-1]),
+                               converged=round(float(out["converged"][-1]), 6), diverged=int(not finite),
+                               group_seconds=round(time.time() - start, 1))
+                    writer.writerow(row)
+                f.flush()
+                bar.update(len(indices))
+
+            fn = member_function(config, traced_keys, len(x))
+            eqjax.sweep.run(fn, grid, *shared, members_per_call=args.members_per_call, on_call=save)
+    bar.close()
+    rows = read_rows(results, fields)
+    final = f"validation_error_{args.epochs}"
+    usable = [r for r in rows if r["diverged"] == "0"]
+    plot(run_dir, axes, rows, args.epochs)
+    split = "validation" if args.validation else "test (no validation split)"
+    if usable:
+        best = min(usable, key=lambda r: float(r[final]))
+        chosen = ", ".join(f"{k}={best[k]}" for k in axes)
+        print(f"best member by {split} error: {chosen}: {split} error {100 * float(best[final]):.2f}%, "
+              f"test error {100 * float(best['test_error']):.2f}%")
+    print(f"{len(rows)} members ({len(rows) - len(usable)} diverged); {results}, {run_dir / 'sweep.png'}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
