@@ -40,6 +40,11 @@ def parse_args(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
     parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
+    parser.add_argument("--validation", type=int, default=0,
+                        help="hold out the last N training examples and report their error per epoch")
+    parser.add_argument("--patience", type=int,
+                        help="with --validation: stop after this many epochs without a better validation "
+                             "error; best.msgpack keeps the parameters of the best epoch")
     parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk (and log line)")
     parser.add_argument("--checkpoint-seconds", type=float, default=60.0,
                         help="save a checkpoint after a chunk when the last one is this old (and at "
@@ -96,6 +101,9 @@ def plot_curve(run_dir: Path, records):
                 label="train error (running, per chunk)")
     if epochs:
         ax.plot([r["epoch"] for r in epochs], [100 * r["test_error"] for r in epochs], "o-", label="test error")
+    if any("validation_error" in r for r in epochs):
+        ax.plot([r["epoch"] for r in epochs], [100 * r["validation_error"] for r in epochs], "s-",
+                label="validation error")
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.set_yscale("log")
@@ -126,6 +134,20 @@ def written_before(record, position) -> bool:
     return (record["epoch"], record["batch_end"]) <= (position["epoch"], position["batch"])
 
 
+def early_stop(config: dict, epochs_done: list) -> bool:
+    """With ``patience``: whether the last ``patience`` epochs brought no better validation error
+    (then the best epoch is printed)."""
+    if not config.get("patience") or not epochs_done:
+        return False
+    best = min(epochs_done, key=lambda r: r["validation_error"])
+    if epochs_done[-1]["epoch"] - best["epoch"] < config["patience"]:
+        return False
+    print(f"early stop: no better validation error for {config['patience']} epochs; best epoch {best['epoch']} "
+          f"(validation {100 * best['validation_error']:.2f}%, test {100 * best['test_error']:.2f}%), its "
+          "parameters in best.msgpack")
+    return True
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.resume:
@@ -142,11 +164,15 @@ def main(argv=None):
             config[key] = json.loads(value)
         config = dict(config, model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
                       seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                      validation=args.validation, patience=args.patience,
                       chunk=args.chunk, jax_version=jax.__version__, backend=jax.default_backend())
         run_dir = args.runs_dir / f"{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=False)
 
     x_train, y_train = load_split(config["dataset"], "train", config["train_limit"], args.data_dir)
+    (x_train, y_train), (x_val, y_val) = eqjax.data.holdout(x_train, y_train, config.get("validation", 0))
+    if config.get("patience") is not None and not (config.get("validation") and config["patience"] >= 1):
+        raise SystemExit("--patience needs --validation N > 0 and a patience of at least 1 epoch")
     x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], args.data_dir)
     batch = config["batch_size"]
     batches_per_epoch = len(x_train) // batch
@@ -170,6 +196,8 @@ def main(argv=None):
     metrics_path = run_dir / "metrics.jsonl"
     records = [r for r in read_records(metrics_path) if written_before(r, position)]
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if early_stop(config, [r for r in records if r["kind"] == "epoch"]):
+        return run_dir
 
     chunk_fn = configs.chunk_function(config, model, cost, optimizer)
     eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
@@ -218,14 +246,24 @@ def main(argv=None):
             train_error = float(np.mean([r["train_error"] for r in epoch_chunks]))
             record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
                       "epoch_seconds": train_time}
+            validation = ""
+            if config.get("validation"):
+                record["validation_error"] = evaluate_error(model, cost, eval_solver, params, x_val, y_val)
+                validation = f", validation error {100 * record['validation_error']:.2f}%"
             log.write(json.dumps(record) + "\n")
             log.flush()
-            print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running), test error "
+            print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
                   f"{100 * error:.2f}%, {train_time:.1f} s")
             position = {"epoch": epoch + 1, "batch": 0}
             save_checkpoint(checkpoint, params, opt_state, state, position)
             last_save = time.monotonic()
+            epochs_done = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
             plot_curve(run_dir, read_records(metrics_path))
+            if config.get("validation"):
+                if min(epochs_done, key=lambda r: r["validation_error"])["epoch"] == epoch + 1:
+                    atomic_write_bytes(run_dir / "best.msgpack", serialization.to_bytes({"params": params}))
+                if early_stop(config, epochs_done):
+                    break
     final = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
     if final:
         print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "

@@ -121,3 +121,22 @@ def test_checkpoints_after_every_epoch_and_chunks_only_when_due(tmp_path, monkey
     train.main(SMALL + ["--runs-dir", str(tmp_path), "--checkpoint-seconds", seconds])
     assert len(calls) == saves
     assert calls[-1] == {"epoch": 2, "batch": 0}
+
+
+def test_validation_split_and_early_stopping(tmp_path):
+    # a learning rate of 0 keeps the validation error constant: the first epoch stays the best, so a
+    # patience of 1 stops after epoch 2, and resuming the stopped run trains nothing more
+    args = ["--model", "tiny", "--epochs", "5", "--train-limit", "640", "--test-limit", "200", "--validation", "160",
+            "--patience", "1", "--set", "learning_rate=0.0", "--runs-dir", str(tmp_path)]
+    run_dir = train.main(args)
+    epochs = [r for r in records(run_dir) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert epochs[0]["validation_error"] == epochs[1]["validation_error"]
+    assert (run_dir / "best.msgpack").exists()
+    train.main(["--resume", str(run_dir)])
+    assert len([r for r in records(run_dir) if r["kind"] == "epoch"]) == 2
+    (images, labels), (val_images, val_labels) = data.holdout(np.arange(10), np.arange(10), 3)
+    np.testing.assert_array_equal(val_images, [7, 8, 9])  # the last examples, never trained on
+    assert len(images) == 7
+    with pytest.raises(ValueError, match="validation split"):
+        data.holdout(np.arange(10), np.arange(10), 10)
