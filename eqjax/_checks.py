@@ -46,6 +46,20 @@ def raise_if_concrete(values, conditions: Callable[[], dict]) -> None:
                 raise ValueError(message)
 
 
+def shown(value) -> str:
+    """``", got <value>"`` for a concrete value, ``""`` for a tracer (its repr says nothing)."""
+    return "" if isinstance(value, jax.core.Tracer) else f", got {value!r}"
+
+
+def merge_conditions(*dicts) -> dict:
+    """One ``{message: violated}`` dict; conditions with the same message are or-ed, never dropped."""
+    merged = {}
+    for conditions in dicts:
+        for message, violated in conditions.items():
+            merged[message] = violated if message not in merged else merged[message] | violated
+    return merged
+
+
 def error_if(x, conditions: dict):
     """``x`` with every ``{message: violated}`` condition attached by ``equinox.error_if``: at run
     time (also under ``jax.jit``/``jax.vmap``) a violated condition raises an error carrying the
@@ -134,10 +148,25 @@ def check_state(model, state, x, name: str = "state0") -> None:
 def guard_inputs(model, params, x, y, *parts):
     """``x`` carrying (``equinox.error_if``) every value check of the batch, the parameters and the
     ``parts`` (solvers, estimators, phases: anything with ``errors()``); for ``throw=True``."""
-    conditions = {**input_errors(model, x, y), **param_errors(model, params)}
-    for part in parts:
-        conditions.update(part.errors())
+    conditions = merge_conditions(input_errors(model, x, y), param_errors(model, params),
+                                  *(part.errors() for part in parts))
     return error_if(x, conditions)
+
+
+def check_call(model, params, x, y, state0, *parts) -> None:
+    """Every check of an entry point: shapes, dtypes and structure always (also at trace time
+    under jit), values when concrete; ``parts`` (solvers, estimators, phases) check their own."""
+    check_inputs(model, x, y)
+    check_params(model, params)
+    if state0 is not None:
+        check_state(model, state0, x)
+    for part in parts:
+        raise_if_concrete(part, part.errors)
+
+
+def statuses(aux: dict) -> dict:
+    """``{phase name: status}`` for every phase summary in an estimator's ``aux``."""
+    return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
 
 
 def guard_equilibria(tree, equilibria: dict):

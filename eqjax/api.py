@@ -18,26 +18,12 @@ import functools
 
 import jax
 
-from eqjax._checks import (check_inputs, check_params, check_state, guard_equilibria, guard_inputs,
-                           raise_if_concrete)
+from eqjax._checks import check_call, guard_equilibria, guard_inputs, statuses
 from eqjax.costs import as_cost
 from eqjax.equilibrium import Equilibrium
 from eqjax.estimators import free_phase_aux
 from eqjax.phases import Free, as_phase
 from eqjax.relaxation import relax_batch
-
-
-def _check(model, params, x, y, state0, *parts):
-    check_inputs(model, x, y)
-    check_params(model, params)
-    if state0 is not None:
-        check_state(model, state0, x)
-    for part in parts:
-        raise_if_concrete(part, part.errors)
-
-
-def _statuses(aux: dict) -> dict:
-    return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
 
 
 @functools.partial(jax.jit, static_argnames="throw")
@@ -67,16 +53,21 @@ def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=N
       converged, hit ``max_steps`` or went non-finite.
     """
     cost, phase = as_cost(cost), as_phase(phase)
-    _check(model, params, x, y, state0, solver, phase)
+    check_call(model, params, x, y, state0, solver, phase)
     return _relax(model, cost, solver, params, x, y, phase, state0, key, throw)
 
 
-@functools.partial(jax.jit, static_argnames="throw")
-def _estimate(estimator, model, cost, solver, params, x, y, state0, key, throw):
+def checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw):
+    """``estimator.estimate`` behind every check: shapes at trace time, concrete values eagerly,
+    and with ``throw`` the traced values and the relaxations' statuses inside the program."""
+    check_call(model, params, x, y, state0, solver, estimator)
     if throw:
         x = guard_inputs(model, params, x, y, solver, estimator)
     grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
-    return guard_equilibria((grads, aux), _statuses(aux)) if throw else (grads, aux)
+    return guard_equilibria((grads, aux), statuses(aux)) if throw else (grads, aux)
+
+
+_estimate = jax.jit(checked_estimate, static_argnames="throw")
 
 
 def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=None, throw=False):
@@ -88,7 +79,7 @@ def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=Non
     Arguments as in :func:`relax`.
     """
     cost = as_cost(cost)
-    _check(model, params, x, y, state0, solver, estimator)
+    check_call(model, params, x, y, state0, solver, estimator)
     return _estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
 
 
@@ -98,12 +89,12 @@ def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
         x = guard_inputs(model, params, x, y, solver)
     free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
     aux = free_phase_aux(model, cost, free, y)
-    return guard_equilibria(aux, _statuses(aux)) if throw else aux
+    return guard_equilibria(aux, statuses(aux)) if throw else aux
 
 
 def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=False) -> dict:
     """Free-phase predictions: per-example ``loss``, ``accuracy``, ``prediction`` and diagnostics.
     Arguments as in :func:`relax`."""
     cost = as_cost(cost)
-    _check(model, params, x, y, state0, solver)
+    check_call(model, params, x, y, state0, solver)
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)

@@ -7,7 +7,7 @@ Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
 - ``grads`` estimates ``d/dparams mean_b L_b`` with ``L_b = C(output(s0_b), y_b)`` the loss at the
   free equilibrium, in optax's convention (a gradient to descend);
 - ``aux`` holds per-example ``loss`` (NaN for examples whose free phase went non-finite),
-  ``accuracy`` (0/1), ``prediction`` at the free equilibrium, ``free_state`` (for warm starts and
+  ``accuracy`` (0/1; 0 for non-finite examples), ``prediction`` at the free equilibrium, ``free_state`` (for warm starts and
   persistent particles), ``used`` (the example entered the gradient) and, per phase (``"free"``,
   ``"positive"``, ``"negative"``), :meth:`Equilibrium.summary` (``num_steps``, ``residual``,
   ``status``, ``converged``).
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from eqjax._checks import raise_if_concrete
+from eqjax._checks import merge_conditions, shown
 from eqjax.costs import predict
 from eqjax.equilibrium import Equilibrium
 from eqjax.loop import select_examples, unroll
@@ -49,7 +49,7 @@ def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
     loss = jax.vmap(cost)(outputs, y)
     return {
         "loss": jnp.where(free.nonfinite, jnp.nan, loss),
-        "accuracy": (prediction == y).astype(loss.dtype),
+        "accuracy": ((prediction == y) & ~free.nonfinite).astype(loss.dtype),  # non-finite: wrong
         "prediction": prediction,
         "free_state": free.state,
         "free": free.summary(),
@@ -106,15 +106,16 @@ class EP(Estimator):
     def __post_init__(self):
         if self.variant not in EP_CONTRASTS:
             raise ValueError(f"variant must be one of {tuple(EP_CONTRASTS)}, got {self.variant!r}")
-        raise_if_concrete(self.beta, self.errors)
 
     def errors(self) -> dict:
+        """``beta`` real, finite and nonzero, and the nudged solver's own conditions."""
         beta = jnp.asarray(self.beta)
         if jnp.iscomplexobj(beta):
             raise TypeError("EP takes a real beta; a complex beta is holomorphic EP (complex phases "
                             "are eqjax.phases.Nudge values with a complex beta)")
-        return {f"beta must be a finite nonzero number for EP, got {self.beta!r}":
-                ~jnp.isfinite(beta) | (beta == 0)}
+        own = {f"beta must be a finite nonzero number for EP{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
+        nudged = {} if self.nudged_solver is None else self.nudged_solver.errors()
+        return merge_conditions(own, nudged)
 
     def phases(self) -> dict:
         """The nudged phases this variant relaxes, by name."""
@@ -219,7 +220,7 @@ class ImplicitDiff(Estimator):
 class BPTT(Estimator):
     """Reference gradient by backpropagation through ``num_steps`` unrolled solver updates.
 
-    The free phase starts from ``state0`` (zeros by default) and applies the solver's update map
+    The free phase starts from ``state0`` (``model.init_state`` by default) and applies the solver's step
     exactly ``num_steps`` times (static; ``tol`` is ignored); ``jax.grad`` differentiates through
     it (Ernoult et al. 2019). Memory grows linearly with ``num_steps``.
     """

@@ -74,7 +74,7 @@ class Clamp(Phase):
     shape, e.g. ``(B, n_out)``): its box shrinks to ``[target, target]`` and it starts there, so every
     solver keeps it fixed while the other layers relax."""
 
-    target: jax.Array = None
+    target: jax.Array
     layer: int = struct.field(pytree_node=False, default=-1)
 
     def bounds(self, bounds):
@@ -84,7 +84,10 @@ class Clamp(Phase):
 
     def start(self, states):
         states = list(states)
-        states[self.layer] = self.target.astype(states[self.layer].dtype)
+        if jnp.shape(self.target) != jnp.shape(states[self.layer]):
+            raise ValueError(f"the clamp target must have the clamped layer's batched shape "
+                             f"{jnp.shape(states[self.layer])}, got {jnp.shape(self.target)}")
+        states[self.layer] = jnp.asarray(self.target, states[self.layer].dtype)
         return tuple(states)
 
     def errors(self):

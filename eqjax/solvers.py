@@ -12,6 +12,7 @@ label and phase bound); see :func:`eqjax.relaxation.relax_batch`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from eqjax._checks import raise_if_concrete
+from eqjax._checks import shown
 from eqjax.equilibrium import Equilibrium
 from eqjax.loop import iterate
 
@@ -67,23 +68,34 @@ class Solver(struct.PyTreeNode, abc.ABC):
 
     and the method :meth:`step`. :meth:`init` creates the solver's own state (momentum, history, a
     PRNG key, a temperature...), ``None`` by default. :meth:`solve` is written once, here.
+
+    The step must treat the examples of the batch independently (as the built-in solvers do): the
+    loop freezes an example that goes non-finite and relies on it not affecting the others.
+
+    Values (``tol >= 0``, a positive step size...) are checked by :meth:`errors` where the solver is
+    used (eagerly at the API boundary, inside jit with ``throw=True``), not at construction, so
+    that JAX can rebuild solvers with placeholder or zero leaves (``jax.grad``, ``in_axes`` trees).
     """
 
     def __post_init__(self):
+        fields = {f.name: f for f in dataclasses.fields(self)}
         for name in ("tol", "max_steps", "check_every"):
-            if not hasattr(self, name):
+            if name not in fields:
                 raise TypeError(f"{type(self).__name__} must define the field {name!r} (see eqjax.solvers.Solver)")
+        for name in ("max_steps", "check_every"):
+            if fields[name].metadata.get("pytree_node", True):
+                raise TypeError(f"{type(self).__name__}.{name} decides the loop's structure: declare it static, "
+                                f"with struct.field(pytree_node=False)")
         steps, every = self.max_steps, self.check_every
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"max_steps must be a non-negative int, got {steps!r}")
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"check_every must be a positive int, got {every!r}")
-        raise_if_concrete(self, self.errors)
 
     def errors(self) -> dict:
         """``{message: violated}`` for the solver's traced hyperparameters (``violated`` a bool
         array): checked eagerly on concrete values and, with ``throw=True``, inside jit."""
-        return {f"tol must be a non-negative number, got {self.tol!r}": ~(jnp.asarray(self.tol) >= 0)}
+        return {f"tol must be a non-negative number{shown(self.tol)}": ~(jnp.asarray(self.tol) >= 0)}
 
     def init(self, F: Callable, state0, bounds, key) -> Any:
         """The solver's own state before the first step (default ``None``). ``key`` is a PRNG key
@@ -116,7 +128,7 @@ class GradientDescent(Solver):
     def errors(self) -> dict:
         size = jnp.asarray(self.step_size)
         return {**super().errors(),
-                f"step_size must be a positive finite number, got {self.step_size!r}":
+                f"step_size must be a positive finite number{shown(self.step_size)}":
                     ~((size > 0) & jnp.isfinite(size))}
 
     def step(self, F, state, solver_state, bounds):

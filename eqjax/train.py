@@ -15,12 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax._checks import check_model, guard_equilibria, guard_inputs
+from eqjax._checks import check_model, statuses
+from eqjax.api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax.equilibrium import RESULTS
 from eqjax.estimators import EP
-
-PHASES = ("free", "positive", "negative")
 
 
 def summarize(aux: dict) -> dict:
@@ -30,14 +29,12 @@ def summarize(aux: dict) -> dict:
     metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
     if "used" in aux:
         metrics["used"] = jnp.mean(aux["used"].astype(jnp.float32))
-    for phase in PHASES:
-        if phase in aux:
-            info = aux[phase]
-            nonfinite = info["status"] == RESULTS.NONFINITE
-            metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))
-            metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
-            metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
-            metrics[f"{phase}_residual"] = jnp.max(jnp.where(nonfinite, 0, info["residual"]))
+    for phase, status in statuses(aux).items():
+        info, nonfinite = aux[phase], status == RESULTS.NONFINITE
+        metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))
+        metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
+        metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
+        metrics[f"{phase}_residual"] = jnp.max(jnp.where(nonfinite, 0, info["residual"]))
     return metrics
 
 
@@ -52,20 +49,22 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     :func:`summarize` of the estimator's aux. Any optax transformation works; build it with
     ``optax.inject_hyperparams`` to change the learning rate in ``opt_state`` without a recompile.
 
-    ``throw=True`` (static) stops the compiled program with a clear message when the batch or the
-    parameters are not finite, labels are out of range, a hyperparameter is invalid (``beta = 0``,
-    ``tol < 0``...) or a relaxation went non-finite. Without it these are reported, not raised:
-    non-finite examples are frozen, flagged in ``metrics`` and left out of the gradient.
+    Shapes, dtypes and structure are checked when the step is traced, values when they are
+    concrete (an un-jitted call). ``throw=True`` (static) also stops the compiled program with a
+    clear message when the batch or the parameters are not finite, labels are out of range, a
+    hyperparameter is invalid (``beta = 0``, ``tol < 0``...) or a relaxation went non-finite.
+    Without it these are reported, not raised: non-finite examples are frozen, flagged in
+    ``metrics`` and left out of the gradient.
+
+    The estimator's ``aux`` must hold ``loss``, ``accuracy`` and ``free_state`` (see
+    :mod:`eqjax.estimators`); every phase summary in it (an entry with a ``status``) is guarded
+    and summarized.
     """
     check_model(model)
     cost = as_cost(cost)
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
-        if throw:
-            x = guard_inputs(model, params, x, y, solver, estimator)
-        grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
-        if throw:
-            grads = guard_equilibria(grads, {p: aux[p]["status"] for p in PHASES if p in aux})
+        grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, opt_state, summarize(aux), aux["free_state"]
@@ -88,20 +87,22 @@ def set_hyperparams(opt_state, **values):
 
 
 def train_epoch(step: Callable) -> Callable:
-    """Lift a :func:`train_step` to ``epoch(params, opt_state, solver, estimator, xs, ys) ->
-    (params, opt_state, metrics)``.
+    """Lift a :func:`train_step` to ``epoch(params, opt_state, solver, estimator, xs, ys, keys=None)
+    -> (params, opt_state, metrics)``.
 
     ``xs`` ``(num_batches, B, *input_shape)`` and ``ys`` ``(num_batches, B)`` stay on device; the loop
     is a ``jax.lax.scan``, so one compile serves every epoch. Each batch starts from the model's
-    start state. ``metrics`` are stacked per batch.
+    start state. ``keys`` ``(num_batches,)``: one PRNG key per batch for stochastic solvers.
+    ``metrics`` are stacked per batch.
     """
 
-    def epoch(params, opt_state, solver, estimator, xs, ys):
+    def epoch(params, opt_state, solver, estimator, xs, ys, keys=None):
         def body(carry, batch):
-            params, opt_state, metrics, _ = step(*carry, solver, estimator, *batch)
+            x, y, key = batch
+            params, opt_state, metrics, _ = step(*carry, solver, estimator, x, y, None, key)
             return (params, opt_state), metrics
 
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (xs, ys))
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (xs, ys, keys))
         return params, opt_state, metrics
 
     return epoch
@@ -140,7 +141,8 @@ def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, r
             x, y, idx, key = batch
             batch_estimator = estimator
             if random_sign:
-                sign = jnp.where(jax.random.bernoulli(key), 1.0, -1.0)
+                sign_key, key = jax.random.split(key)
+                sign = jnp.where(jax.random.bernoulli(sign_key), 1.0, -1.0)
                 batch_estimator = estimator.replace(beta=sign * estimator.beta)
             state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm_start else None)
             params, opt_state, metrics, free = step(params, opt_state, solver, batch_estimator, x, y, state0, key)

@@ -17,7 +17,7 @@ CONFIGS = {
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
     # ("kaiming"), zero biases, centered EP beta = 0.2, block-coordinate relaxation, batch 16, SGD with
     # 0.99 decay per epoch, warm start from the previous batch. DHN-1H: at most 15 steps, the
-    # tolerance tested after steps 5, 10 and 15 (see eqjax.solvers.iterate), rate 0.05;
+    # tolerance tested after steps 5, 10 and 15 (see eqjax.loop.iterate), rate 0.05;
     # DHN-2H: 50 free / 20 nudged steps, per-layer rates; DHN-3H: 100 / 10.
     "dhn-1h": dict(sizes=[784, 1024, 10], energy="bilinear", gain=0.7, init_scheme="kaiming",
                    linear_output=True, cost="squared_error", solver="block_coordinate", tol=1e-4,

@@ -140,3 +140,18 @@ def test_validation_split_and_early_stopping(tmp_path):
     assert len(images) == 7
     with pytest.raises(ValueError, match="validation split"):
         data.holdout(np.arange(10), np.arange(10), 10)
+
+
+def test_sweep_bench_runs_and_its_members_match_the_sequential_runs(tmp_path):
+    # a tiny sweep bench (3 batches per member, one timed round), in its own process
+    import subprocess
+
+    output = tmp_path / "sweep.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
+    done = subprocess.run([sys.executable, str(script), "--batches", "3", "--rounds", "1", "--output", str(output)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(output.read_text())
+    assert result["members"] == 16 and result["sweep_seconds"] > 0 and result["sequential_seconds"] > 0
+    assert result["xla_mib"]["16"] > result["xla_mib"]["4"] > 0  # fewer members per call, less memory
+    assert result["max_relative_loss_difference"] < 1e-4  # float32 batched vs single: round-off apart

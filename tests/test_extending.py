@@ -25,11 +25,18 @@ def doc_namespace():
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     namespace = {}
     exec(blocks[0], namespace)  # noqa: S102 - the documented model, as a user would paste it
+    exec(blocks[1], namespace)  # noqa: S102 - and its training snippet
     exec("\n".join(["import jax, jax.numpy as jnp, eqjax", "from flax import struct", blocks[2], blocks[3]]), namespace)
     return namespace
 
 
 DOCUMENTED = doc_namespace()
+
+
+def test_documented_training_snippet_ran():
+    metrics = DOCUMENTED["metrics"]
+    assert set(metrics) >= {"loss", "free_converged", "positive_nonfinite"}
+    assert float(metrics["free_nonfinite"]) == 0.0 and np.isfinite(float(metrics["loss"]))
 Lateral, HeavyBall, Contrastive = DOCUMENTED["Lateral"], DOCUMENTED["HeavyBall"], DOCUMENTED["Contrastive"]
 
 

@@ -63,7 +63,10 @@ def test_diverging_relaxation_is_flagged_nonfinite_not_max_steps():
 @pytest.mark.parametrize("beta", [jnp.asarray(0.0), np.float32(0), 0, float("nan"), jnp.asarray(jnp.inf)])
 def test_zero_or_nonfinite_beta_is_refused_in_any_type(beta):
     with pytest.raises(ValueError, match="beta must be a finite nonzero number"):
-        EP(beta=beta)
+        eqjax.gradients(MODEL, COST, SOLVER, EP(beta=beta), PARAMS, X, Y)
+    step = eqjax.train_step(MODEL, COST, optax.sgd(0.1))  # an un-jitted step checks concrete values too
+    with pytest.raises(ValueError, match="beta must be a finite nonzero number"):
+        step(PARAMS, optax.sgd(0.1).init(PARAMS), SOLVER, EP(beta=beta), X, Y)
 
 
 def test_bad_phase_solver_and_parameter_values_are_refused():
@@ -71,14 +74,17 @@ def test_bad_phase_solver_and_parameter_values_are_refused():
         eqjax.relax(MODEL, COST, SOLVER, PARAMS, X, Y, phase=float("nan"))
     for bad in (-1.0, jnp.asarray(-1.0), float("nan")):
         with pytest.raises(ValueError, match="tol must be a non-negative number"):
-            BlockCoordinate(tol=bad)
+            eqjax.relax(MODEL, COST, BlockCoordinate(tol=bad), PARAMS, X)
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):
-        GradientDescent(step_size=jnp.asarray(jnp.inf))
+        eqjax.relax(MODEL, COST, GradientDescent(step_size=jnp.asarray(jnp.inf)), PARAMS, X)
+    nudged = EP(beta=0.1, nudged_solver=GradientDescent(step_size=-1.0))  # the nested solver is checked too
+    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
+        eqjax.gradients(MODEL, COST, SOLVER, nudged, PARAMS, X, Y)
     nan_params = jax.tree.map(lambda p: p.at[0].set(jnp.nan), PARAMS)
     with pytest.raises(ValueError, match="params contain NaN or infinite values"):
         eqjax.relax(MODEL, COST, SOLVER, nan_params, X)
     with pytest.raises(TypeError, match="EP takes a real beta"):
-        EP(beta=0.1j)
+        eqjax.gradients(MODEL, COST, SOLVER, EP(beta=0.1j), PARAMS, X, Y)
 
 
 def test_negative_conductances_are_refused():
@@ -176,3 +182,30 @@ def test_four_beta_learning_rate_pairs_compile_the_training_step_once():
     # and the values did reach the step: four different updates
     moved = [float(eqjax.loop.max_abs_difference(p, PARAMS)) for p in results]
     assert len(set(moved)) == 4 and min(moved) > 0
+
+
+def test_jax_can_rebuild_solvers_and_estimators_with_any_leaves():
+    # jax.grad, in_axes trees and optax masks rebuild pytrees with zeros, ints or bools as leaves:
+    # value checks belong where the objects are used, never in their constructors
+    assert float(jax.grad(lambda est: 0.0 * est.beta)(EP(beta=0.2)).beta) == 0.0
+    assert float(jax.grad(lambda s: -s.step_size)(GradientDescent()).step_size) == -1.0
+    in_axes = jax.tree.map(lambda _: 0, EP(beta=0.2))
+    betas = jax.vmap(lambda est: est.beta, in_axes=(in_axes,))(EP(beta=jnp.array([0.1, 0.2])))
+    np.testing.assert_allclose(betas, [0.1, 0.2])
+    jax.tree.map(lambda _: False, GradientDescent())
+
+
+def test_train_step_checks_shapes_at_trace_time_and_labels_must_be_flat():
+    optimizer = optax.sgd(0.1)
+    step = jax.jit(eqjax.train_step(MODEL, COST, optimizer))
+    with pytest.raises(ValueError, match=r"y must have shape \(4,\)"):
+        step(PARAMS, optimizer.init(PARAMS), SOLVER, EP(beta=0.2), X, Y[:, None])
+    with pytest.raises(TypeError, match="y must be an integer array"):
+        step(PARAMS, optimizer.init(PARAMS), SOLVER, EP(beta=0.2), X, Y.astype(jnp.float32))
+
+
+def test_clamp_target_must_fit_the_layer():
+    with pytest.raises(ValueError, match="clamp target must have the clamped layer's batched shape"):
+        eqjax.relax(MODEL, COST, SOLVER, PARAMS, X, phase=eqjax.phases.Clamp(jnp.zeros((3, 10))))
+    with pytest.raises(TypeError):
+        eqjax.phases.Clamp()  # the target is required

@@ -46,7 +46,7 @@ def test_bad_batch_or_params(kwargs, error, match):
 @pytest.mark.parametrize("beta", [0, 0.0, float("nan")])
 def test_ep_rejects_zero_or_nan_beta(beta):
     with pytest.raises(ValueError, match="beta must be a finite nonzero number"):
-        EP(beta=beta)
+        grads(estimator=EP(beta=beta))
 
 
 def test_bad_constructor_arguments():
@@ -57,7 +57,7 @@ def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="sizes must be"):
         eqjax.models.hopfield((4,))
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):
-        GradientDescent(step_size=-0.1)
+        eqjax.relax(MODEL, COST, GradientDescent(step_size=-0.1), PARAMS, X)
     with pytest.raises(ValueError, match="max_steps must be a non-negative int"):
         BlockCoordinate(max_steps=2.5)
     with pytest.raises(ValueError, match="check_every must be a positive int"):
