@@ -117,6 +117,18 @@ def _to_host(tree):
     return jax.tree.map(np.asarray, tree)
 
 
+def _replicate(leaf, sharding):
+    """``leaf`` on every device of ``sharding`` (also devices of other processes, from this
+    process's copy: every process passes the same values)."""
+    if jax.process_count() == 1:
+        return jax.device_put(leaf, sharding)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _replicate(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None,
         on_call: Callable | None = None) -> SweepResult:
     """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled, vmapped program.
@@ -148,7 +160,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
         raise ValueError(f"members_per_call must be a positive int, got {members_per_call!r}")
     per_call = math.ceil(min(per_call, count) / len(devices)) * len(devices)
     spread, replicated = NamedSharding(mesh, PartitionSpec(MEMBERS)), NamedSharding(mesh, PartitionSpec())
-    shared = jax.device_put(args, replicated)
+    shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
     compiled = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(args)),
                        in_shardings=(spread,) + (replicated,) * len(args), out_shardings=spread)
     pieces = []

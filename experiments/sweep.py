@@ -13,6 +13,11 @@ Every member sees the same data order (from ``--data-seed`` and the epoch); ``se
 initialisation. The last ``--validation`` training examples are held out: the best member is the
 one with the lowest final validation error, and its test error is reported once.
 
+Several processes (one or more devices each; the member axis is sharded over all of them): run the
+same command on every host with ``--coordinator HOST0:PORT --num-processes N --process-id I`` (or
+``--distributed`` where JAX finds the cluster itself, e.g. under SLURM). Only process 0 writes;
+``--resume`` needs the sweep directory on a file system every process sees.
+
 Writes ``runs/<sweep>/`` with ``sweep.json`` (the arguments), ``results.csv`` (one row per member:
 hyperparameters, validation error per epoch, final test error, converged fraction of the free
 phase, diverged flag (non-finite parameters or training loss); appended as calls finish, so ``--resume`` skips finished members) and
@@ -22,6 +27,7 @@ phase, diverged flag (non-finite parameters or training loss); appended as calls
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -61,7 +67,31 @@ def parse_args(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
     parser.add_argument("--resume", type=Path, help="sweep directory to continue")
+    distributed = parser.add_argument_group(
+        "several processes (jax.distributed; one command per host, the same arguments but --process-id)")
+    distributed.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    distributed.add_argument("--num-processes", type=int, help="number of processes")
+    distributed.add_argument("--process-id", type=int, help="this process's index, 0 to num-processes - 1")
+    distributed.add_argument("--distributed", action="store_true",
+                             help="initialise from the cluster's environment (SLURM, TPU pods, ...)")
     return parser.parse_args(argv)
+
+
+DISTRIBUTED = ("coordinator", "num_processes", "process_id", "distributed")
+
+
+def start_distributed(args) -> bool:
+    """``jax.distributed.initialize`` when asked; returns whether this process writes the results
+    (process 0 only). Must run before anything touches a JAX device."""
+    if args.coordinator or args.distributed:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+        if args.coordinator:
+            if args.num_processes is None or args.process_id is None:
+                raise SystemExit("--coordinator needs --num-processes and --process-id")
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        else:
+            jax.distributed.initialize()
+    return jax.process_index() == 0
 
 
 def parse_json(text: str, what: str):
@@ -215,11 +245,15 @@ def plot(run_dir: Path, axes: dict, rows: list[dict], epochs: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    primary = start_distributed(args)
     run_dir = args.resume
     if run_dir is not None:
         if not (run_dir / "sweep.json").exists():
             raise SystemExit(f"--resume {run_dir}: no sweep.json there (not a sweep directory)")
+        current = args
         args = parse_args(json.loads((run_dir / "sweep.json").read_text())["argv"])
+        for name in DISTRIBUTED:  # this invocation's process layout, not the first one's
+            setattr(args, name, getattr(current, name))
     base = dict(configs.CONFIGS[args.model])
     for item in args.set:
         key, _, value = item.partition("=")
@@ -231,7 +265,7 @@ def main(argv=None):
         raise SystemExit("give at least one --grid KEY=V1,V2,...")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {args.epochs}")
-    if run_dir is None:
+    if run_dir is None and primary:
         name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = args.runs_dir / name
         run_dir.mkdir(parents=True, exist_ok=False)
@@ -253,23 +287,25 @@ def main(argv=None):
         jnp.arange(args.epochs))
     shared = (x, y, x_val, y_val, x_test, y_test, jnp.asarray(orders), keys)
 
-    results = run_dir / "results.csv"
+    results = None if run_dir is None else run_dir / "results.csv"  # None: a new sweep, not process 0
     fields = csv_fields(axes, args.epochs)
     members = member_table(axes)
-    finished = read_rows(results, fields)
-    with open(results, "w", newline="") as f:  # only complete rows, then append
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(finished)
+    finished = [] if results is None else read_rows(results, fields)
+    if primary:
+        with open(results, "w", newline="") as f:  # only complete rows, then append
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(finished)
     done = {tuple(r[k] for k in axes) for r in finished}
     pending = [m for m in members if tuple(str(m[k]) for k in axes) not in done]
     groups = {}
     for m in pending:
         static = tuple((k, json.dumps(v)) for k, v in m.items() if not is_traced(k, v))
         groups.setdefault(static, []).append(m)
-    bar = tqdm(total=len(members), initial=len(members) - len(pending), desc="members", unit="member")
-    with open(results, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+    bar = tqdm(total=len(members), initial=len(members) - len(pending), desc="members", unit="member",
+               disable=not primary)
+    with open(results, "a", newline="") if primary else contextlib.nullcontext() as f:
+        writer = csv.DictWriter(f, fieldnames=fields) if primary else None
         for static, group in groups.items():
             config = dict(base, **{k: json.loads(v) for k, v in static}, batches_per_epoch=batches,
                           seed=base.get("seed", 0))
@@ -289,13 +325,17 @@ def main(argv=None):
                                train_loss=float(out["train_loss"][-1]),
                                converged=round(float(out["converged"][-1]), 6), diverged=int(not finite),
                                group_seconds=round(time.time() - start, 1))
-                    writer.writerow(row)
-                f.flush()
+                    if primary:
+                        writer.writerow(row)
+                if primary:
+                    f.flush()
                 bar.update(len(indices))
 
             fn = member_function(config, traced_keys, len(x))
             eqjax.sweep.run(fn, grid, *shared, members_per_call=args.members_per_call, on_call=save)
     bar.close()
+    if not primary:
+        return None
     rows = read_rows(results, fields)
     final = f"validation_error_{args.epochs}"
     usable = [r for r in rows if r["diverged"] == "0"]

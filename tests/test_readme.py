@@ -14,3 +14,13 @@ def test_readme_example_runs_and_compiles_the_epoch_once():
     assert namespace["epoch"]._cache_size() == 1
     assert float(namespace["aux"]["free"]["converged"].mean()) > 0.9
     assert float(namespace["metrics"]["accuracy"].mean()) > 0.85  # training accuracy; chance is 0.1
+
+
+def test_readme_sweep_example_runs():
+    text = README.read_text()
+    setup = re.findall(r"## Example\n\n```python\n(.*?)```", text, re.S)[0].split("for _ in range(20)")[0]
+    sweep = re.findall(r"## Sweeps\n\n.*?```python\n(.*?)```", text, re.S)[0]
+    namespace = {}
+    exec(setup + sweep, namespace)  # noqa: S102 - the README's setup, then its sweep
+    result = namespace["result"]
+    assert result.ok.all() and result.outputs["loss"].shape == (16,)

@@ -108,3 +108,47 @@ def test_four_forced_cpu_devices_give_the_one_device_results():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["ok"]
     assert report["difference"] < 1e-9, report  # float64; members split 8 + 4 (padded) over 4 devices
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process, port = int(sys.argv[1]), sys.argv[2]
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process,
+                               initialization_timeout=120)
+    sys.path.insert(0, "tests")
+    import test_sweep as t
+    import eqjax
+    assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+    result = eqjax.sweep.run(t.train, t.MULTI_GRID, t.XS, t.YS)
+    print(json.dumps({"loss": result.outputs["loss"].tolist(), "steps": result.outputs["steps"].tolist()}))
+""")
+MULTI_GRID = eqjax.sweep.product(beta=[0.1, 0.3], learning_rate=[0.02, 0.1], seed=[0], tol=[1e-6])
+
+
+def test_two_processes_on_loopback_give_the_single_process_results():
+    import socket
+
+    with socket.socket() as probe:  # a free port on the loopback interface for the coordinator
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port)], cwd=root, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = []
+    try:
+        for worker in workers:
+            out, err = worker.communicate(timeout=300)
+            assert worker.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for worker in workers:
+            worker.kill()
+    single = eqjax.sweep.run(train, MULTI_GRID, XS, YS)
+    for output in outputs:  # every process gets the whole result: the members of both devices
+        np.testing.assert_allclose(output["loss"], single.outputs["loss"], rtol=1e-9)
+        np.testing.assert_array_equal(output["steps"], single.outputs["steps"])
