@@ -65,8 +65,8 @@ def xla_mib(jitted, *args) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=40, help="training batches per member")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after a warm-up round")
+    parser.add_argument("--batches", type=int, default=100, help="training batches per member")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds after a warm-up round")
     parser.add_argument("--members-per-call", type=int, default=4, help="for the memory figure")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "sweep_results.json")
     args = parser.parse_args()

@@ -22,7 +22,6 @@ class RESULTS:
     CONVERGED = 0
     MAX_STEPS = 1
     NONFINITE = 2
-    NAMES = ("converged", "max_steps", "nonfinite")
 
 
 @struct.dataclass

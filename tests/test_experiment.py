@@ -87,16 +87,20 @@ def test_dhn_1h_reaches_published_range_in_three_epochs(tmp_path):
     assert final["test_error"] < 0.03
 
 
-def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
-    # a tiny `make bench` (2 batches per chunk, one timed round), in its own process as users run it
+def run_bench(script: str, output: Path, *args: str):
+    """Run ``benchmarks/<script>`` in its own process, as users run it; its stdout and JSON output."""
     import subprocess
 
-    output = tmp_path / "results.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-    done = subprocess.run([sys.executable, str(script), "--chunk", "2", "--rounds", "1", "--output", str(output)],
-                          capture_output=True, text=True, timeout=600)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), *args, "--output", str(output)], capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(output.read_text())
+    return done.stdout, json.loads(output.read_text())
+
+
+def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
+    # a tiny `make bench` (2 batches per chunk, one timed round)
+    stdout, results = run_bench("run.py", tmp_path / "results.json", "--chunk", "2", "--rounds", "1")
     for name in ("dhn-1h", "dhn-1h-fixed", "sb-500"):
         row = results[name]
         for key in ("seconds_per_epoch", "bp_seconds_per_epoch", "limit_seconds_per_epoch", "compile_seconds"):
@@ -108,7 +112,7 @@ def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
     assert sorted(fixed_steps) == ["free_steps", "negative_steps", "positive_steps"]
     assert all(v == pytest.approx(15.0, abs=1e-4) for v in fixed_steps.values())  # float32 means
     assert all(1 <= v <= 15 for v in results["dhn-1h"]["mean_steps"].values())
-    assert "| DHN-1H, exactly 15/15/15 steps |" in done.stdout
+    assert "| DHN-1H, exactly 15/15/15 steps |" in stdout
 
 
 @pytest.mark.parametrize("seconds, saves", [("0", 2 * 4 + 2), ("1e9", 2)])
@@ -143,15 +147,8 @@ def test_validation_split_and_early_stopping(tmp_path):
 
 
 def test_sweep_bench_runs_and_its_members_match_the_sequential_runs(tmp_path):
-    # a tiny sweep bench (3 batches per member, one timed round), in its own process
-    import subprocess
-
-    output = tmp_path / "sweep.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep.py"
-    done = subprocess.run([sys.executable, str(script), "--batches", "3", "--rounds", "1", "--output", str(output)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(output.read_text())
+    # a tiny sweep bench (3 batches per member, one timed round)
+    _, result = run_bench("sweep.py", tmp_path / "sweep.json", "--batches", "3", "--rounds", "1")
     assert result["members"] == 16 and result["sweep_seconds"] > 0 and result["sequential_seconds"] > 0
     assert result["xla_mib"]["16"] > result["xla_mib"]["4"] > 0  # fewer members per call, less memory
     assert result["max_relative_loss_difference"] < 1e-4  # float32 batched vs single: round-off apart
