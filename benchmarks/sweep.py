@@ -4,13 +4,14 @@ A 16-member grid (4 beta x 4 learning rates) of DHN-1H training on MNIST, ``--ba
 member from initialisation, exactly as `make train` trains (`eqjax.train_chunk`, warm start, block-
 coordinate relaxation stopping at the tolerance):
 
-- sweep: `eqjax.sweep.run`'s compiled program, all 16 members in one call (vmapped, the member
-  axis sharded over the devices);
+- sweep: `eqjax.sweep.run`'s compiled program, all 16 members in one call, the member axis sharded
+  over the devices, each device vmapping all its members at once (``vectorize=None``) or walking
+  through them one at a time (``vectorize=1``);
 - sequential: the same member function, jitted once for one member (its hyperparameters traced),
   called 16 times.
 
-Both are compiled before timing, then timed in interleaved rounds (one sweep call, then the 16
-sequential calls); the ratio sweep / sequential is the median over rounds. Also reported: compile
+All are compiled before timing, then timed in interleaved rounds (each sweep call, then the 16
+sequential calls); the ratios sweep / sequential are medians over rounds. Also reported: compile
 time of the sweep, XLA's buffer sizes for one call with all members and with ``members_per_call``
 members. Run it with ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` for two CPU devices
 (`make bench` runs both). Prints one Markdown table row and writes JSON to ``--output``.
@@ -81,23 +82,28 @@ def main():
     fn = member_function(args.batches)
     members = eqjax.sweep.num_members(GRID)
 
+    modes = {"vmap all": None, "one at a time": 1}
     start = time.perf_counter()
     swept = eqjax.sweep.run(fn, GRID, *shared)  # compiles, then runs once (warm-up)
     compile_and_first = time.perf_counter() - start
+    for vectorize in modes.values():
+        eqjax.sweep.run(fn, GRID, *shared, vectorize=vectorize)
     single = jax.jit(fn)
     rows = [{k: jnp.asarray(v[i]) for k, v in GRID.items()} for i in range(members)]
     jax.block_until_ready(single(rows[0], *shared))
 
-    sweep_times, sequential_times = [], []
+    sweep_times, sequential_times = {mode: [] for mode in modes}, []
     for _ in range(args.rounds):
-        start = time.perf_counter()
-        eqjax.sweep.run(fn, GRID, *shared)
-        sweep_times.append(time.perf_counter() - start)
+        for mode, vectorize in modes.items():
+            start = time.perf_counter()
+            eqjax.sweep.run(fn, GRID, *shared, vectorize=vectorize)
+            sweep_times[mode].append(time.perf_counter() - start)
         start = time.perf_counter()
         for row in rows:
             jax.block_until_ready(single(row, *shared))
         sequential_times.append(time.perf_counter() - start)
-    ratios = [s / q for s, q in zip(sweep_times, sequential_times)]
+    ratios = {mode: statistics.median(s / q for s, q in zip(times, sequential_times))
+              for mode, times in sweep_times.items()}
 
     loop_losses = np.array([float(single(row, *shared)["loss"]) for row in rows])
     agreement = float(np.max(np.abs(loop_losses - swept.outputs["loss"]) / np.abs(loop_losses)))
@@ -108,16 +114,18 @@ def main():
               for count in (members, args.members_per_call)}
     result = {
         "devices": len(jax.devices()), "members": members, "batches_per_member": args.batches,
-        "sweep_seconds": statistics.median(sweep_times), "sequential_seconds": statistics.median(sequential_times),
-        "sweep_over_sequential": statistics.median(ratios),
+        "sweep_seconds": {mode: statistics.median(times) for mode, times in sweep_times.items()},
+        "sequential_seconds": statistics.median(sequential_times),
+        "sweep_over_sequential": ratios,
         "sweep_compile_and_first_call_seconds": compile_and_first,
         "xla_mib": {str(k): v for k, v in memory.items()},
         "max_relative_loss_difference": agreement,
     }
-    print(f"| {result['devices']} | {members} x {args.batches} batches | {result['sweep_seconds']:.2f} | "
-          f"{result['sequential_seconds']:.2f} | {result['sweep_over_sequential']:.2f} | "
-          f"{compile_and_first:.1f} | {memory[members]:.0f} / {memory[args.members_per_call]:.0f} "
-          f"({args.members_per_call} per call) | {agreement:.1e} |")
+    for mode in modes:
+        print(f"| {result['devices']} | {mode} | {members} x {args.batches} batches | "
+              f"{result['sweep_seconds'][mode]:.2f} | {result['sequential_seconds']:.2f} | {ratios[mode]:.2f} | "
+              f"{compile_and_first:.1f} | {memory[members]:.0f} / {memory[args.members_per_call]:.0f} "
+              f"({args.members_per_call} per call) | {agreement:.1e} |")
     args.output.write_text(json.dumps(result, indent=2))
 
 

@@ -19,6 +19,7 @@ need separate :func:`run` calls (one compile each).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Callable
@@ -129,8 +130,23 @@ def _replicate(leaf, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+@functools.lru_cache(maxsize=32)
+def _program(fn: Callable, num_args: int, devices: tuple, vectorize: int | None):
+    """The jitted sweep program for ``fn``: each device maps over its share of the members,
+    ``vectorize`` at a time. Cached, so that later :func:`run` calls with the same function reuse
+    the compiled program (jit's own cache sees the same function object)."""
+    mesh = Mesh(np.asarray(devices), (MEMBERS,))
+
+    def local(rows, *shared):
+        return jax.lax.map(lambda h: fn(h, *shared), rows, batch_size=vectorize)
+
+    spec, everywhere = PartitionSpec(MEMBERS), PartitionSpec()
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (everywhere,) * num_args, out_specs=spec,
+                                 check_vma=False))
+
+
 def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None,
-        on_call: Callable | None = None) -> SweepResult:
+        vectorize: int | None = None, on_call: Callable | None = None) -> SweepResult:
     """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled, vmapped program.
 
     Args:
@@ -144,11 +160,15 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
       members_per_call: at most this many members per compiled call (rounded up to a multiple of
         the device count), to bound memory; default all members in one call. The last call is
         padded with copies of the last member, whose outputs are dropped.
+      vectorize: how many members each device computes at once with ``jax.vmap`` (its members are
+        walked through in groups of this size by ``jax.lax.map``); default all of them, the
+        fastest in the measurements of BENCHMARKS.md. Smaller groups bound memory further.
       on_call: called on the host after each call as ``on_call(members, outputs)`` with the call's
         member indices ``(n,)`` and their outputs (e.g. to report progress or save results as they
         come, so that a killed sweep can skip finished members).
     Returns:
-      a :class:`SweepResult`. ``fn`` is traced and compiled once per ``run`` call.
+      a :class:`SweepResult`. ``fn`` is traced and compiled once, at its first ``run`` with these
+      devices, ``vectorize``, shapes and call size; later calls reuse the program.
     """
     count = num_members(grid)
     grid = {name: np.asarray(values, jax.dtypes.canonicalize_dtype(np.asarray(values).dtype))
@@ -161,8 +181,9 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
     per_call = math.ceil(min(per_call, count) / len(devices)) * len(devices)
     spread, replicated = NamedSharding(mesh, PartitionSpec(MEMBERS)), NamedSharding(mesh, PartitionSpec())
     shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
-    compiled = jax.jit(jax.vmap(fn, in_axes=(0,) + (None,) * len(args)),
-                       in_shardings=(spread,) + (replicated,) * len(args), out_shardings=spread)
+    if vectorize is not None and (isinstance(vectorize, bool) or not isinstance(vectorize, int) or vectorize < 1):
+        raise ValueError(f"vectorize must be a positive int or None, got {vectorize!r}")
+    compiled = _program(fn, len(args), tuple(devices), vectorize)
     pieces = []
     for start in range(0, count, per_call):
         rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member
