@@ -49,7 +49,7 @@ test-slow: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(ARGS)
-	@echo "| devices | members per device | members x batches | sweep s | sequential s | sweep / sequential | compile + first call s | XLA MiB (vmap) all / per call | max rel. loss difference |"
+	@echo "| devices | members at once per device | members x batches | sweep s | sequential s | sweep / sequential | compile + first call s | XLA MiB (vmap) all / per call | max rel. loss difference |"
 	@echo "|---|---|---|---|---|---|---|---|---|"
 	@$(PY) benchmarks/sweep.py
 	@XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) benchmarks/sweep.py --output benchmarks/sweep_results_2dev.json
