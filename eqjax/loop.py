@@ -93,13 +93,12 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
     def block(carry, size):
         """``size`` steps (static, >= 1), then the test: measure the last step, freeze non-finite."""
         state, solver_state, residual, frozen, steps, k = carry
-        moved, solver_state = state, solver_state
+        moved = state
         if size > 1:
             moved, solver_state = jax.lax.fori_loop(0, size - 1, lambda _, c: step(*c), (moved, solver_state))
         following, solver_state = step(moved, solver_state)
         measured = per_example_max_abs_difference(following, moved)
-        newly_frozen = ~frozen & ~jnp.isfinite(measured)
-        frozen_now = frozen | newly_frozen
+        frozen_now = frozen | ~jnp.isfinite(measured)
         state = select_examples(frozen_now, state, following)
         residual = jnp.where(frozen, residual, measured)
         steps = jnp.where(frozen_now, steps, k + size)
@@ -112,11 +111,10 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
 
         return jax.lax.while_loop(cond, lambda c: block(c, size), carry)
 
-    batch = jax.tree.leaves(state0)[0].shape[0]
-    no = jnp.zeros((batch,), bool)
-    real = jnp.real(jax.tree.leaves(state0)[0]).dtype
-    carry = (state0, solver_state, jnp.zeros((batch,), real), no, jnp.zeros((batch,), jnp.int32),
-             jnp.asarray(0, jnp.int32))
+    first = jax.tree.leaves(state0)[0]
+    batch, real = first.shape[0], jnp.real(first).dtype  # residuals are real also for complex states
+    carry = (state0, solver_state, jnp.zeros((batch,), real), jnp.zeros((batch,), bool),
+             jnp.zeros((batch,), jnp.int32), jnp.asarray(0, jnp.int32))
     carry = block(carry, every)
     if 2 * every <= max_steps:  # room for a second full block
         carry = blocks_while_unconverged(carry, every)

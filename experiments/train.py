@@ -268,6 +268,10 @@ def main(argv=None):
     if final:
         print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
               f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
+        if config.get("validation"):
+            best = min(final, key=lambda r: r["validation_error"])
+            print(f"selected on validation: epoch {best['epoch']}, validation error "
+                  f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
     return run_dir
 
 
