@@ -44,8 +44,7 @@ import optax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import configs  # noqa: E402
-
-import eqjax  # noqa: E402
+from splits import load_split  # noqa: E402
 
 EPOCH_EXAMPLES = 60_000
 # EP variants timed: a named config of experiments/configs.py with overrides. "dhn-1h" stops each
@@ -65,12 +64,6 @@ def variant_config(name):
     base, overrides, _ = VARIANTS[name]
     config = dict(configs.CONFIGS[base], **overrides)
     return dict(config, batches_per_epoch=EPOCH_EXAMPLES // config["batch_size"])
-
-
-def mnist_on_device():
-
-    images, labels = eqjax.data.load("mnist", "train")
-    return jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0, jnp.asarray(labels)
 
 
 def timed(fn, *args):
@@ -259,7 +252,7 @@ def main():
     if needed > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")
 
-    x, y = mnist_on_device()
+    x, y = load_split("mnist", "train")
     cases = {name: EPCase(name, x, y, args.chunk) for name in VARIANTS}
     cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
     kinds = {(kind, shape) for case in cases.values() if isinstance(case, EPCase)

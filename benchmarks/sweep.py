@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import configs  # noqa: E402
+from splits import load_split  # noqa: E402
 
 import eqjax  # noqa: E402
 from eqjax.sweep import MEMBERS  # noqa: E402
@@ -71,11 +72,9 @@ def main():
     parser.add_argument("--members-per-call", type=int, default=4, help="for the memory figure")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "sweep_results.json")
     args = parser.parse_args()
-    images, labels = eqjax.data.load("mnist", "train")
     batch = configs.CONFIGS["dhn-1h"]["batch_size"]
     n = args.batches * batch
-    x = jnp.asarray(images[:n].reshape(n, -1), jnp.float32) / 255.0
-    y = jnp.asarray(labels[:n])
+    x, y = load_split("mnist", "train", n)
     index = jnp.arange(n).reshape(args.batches, batch)
     keys = jax.random.split(jax.random.key(0), args.batches)
     shared = (x, y, index, keys)

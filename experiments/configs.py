@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
 
 import eqjax
+from eqjax.models.hopfield import ENERGIES
 
 # Each config is plain JSON-able data; `build` turns it into eqjax values. OPTIONAL entries may be
 # absent (a default applies) and can still be set with `--set`.
@@ -62,6 +65,56 @@ CONFIGS = {
                  variant="centered", batch_size=16, learning_rate=0.05, decay=0.99,
                  warm_start=True),
 }
+
+
+COSTS = ("squared_error", "squared_error_full", "cross_entropy")
+SOLVERS = ("block_coordinate", "gradient_descent")
+ESTIMATORS = ("ep", "implicit", "bptt")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# entry: (test, what it must be)
+RULES = {
+    "sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_count(n) for n in v),
+              "a list of at least two positive ints"),
+    "cost": (lambda v: v in COSTS, f"one of {COSTS}"),
+    "solver": (lambda v: v in SOLVERS, f"one of {SOLVERS}"),
+    "estimator": (lambda v: v in ESTIMATORS, f"one of {ESTIMATORS}"),
+    "variant": (lambda v: v in eqjax.estimators.EP_CONTRASTS, f"one of {tuple(eqjax.estimators.EP_CONTRASTS)}"),
+    "energy": (lambda v: v in ENERGIES, f"one of {ENERGIES}"),
+    "optimizer": (lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
+    "tol": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "step_size": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "beta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
+    "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "gain": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "input_gain": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "learning_rate": (lambda v: (_number(v) and v >= 0) or (isinstance(v, list) and v and all(_number(r) and r >= 0 for r in v)),
+                      "a number >= 0 or a list of them, one per layer"),
+    **{name: (_count, "an int >= 1") for name in ("batch_size", "free_steps", "nudged_steps", "eval_steps",
+                                                    "check_every")},
+    **{name: (lambda v: isinstance(v, bool), "true or false") for name in ("warm_start", "persistent",
+                                                                            "random_sign", "linear_output")},
+}
+
+
+def validate(config: dict) -> None:
+    """``ValueError`` naming the first config entry that is not of its kind (see ``RULES``)."""
+    for name, (test, what) in RULES.items():
+        if name in config and not test(config[name]):
+            raise ValueError(f"{name} must be {what}, got {config[name]!r}")
+    if isinstance(config.get("learning_rate"), list) and len(config["learning_rate"]) != len(config["sizes"]) - 1:
+        raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got "
+                         f"{config['learning_rate']}")
+    if config.get("warm_start") and config.get("persistent"):
+        raise ValueError("warm_start and persistent cannot both be true")
 
 
 def build(config: dict):

