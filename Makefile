@@ -35,11 +35,11 @@ system-packages:
 
 train: NEED_NGSPICE = 0
 train: $(STAMP) system-packages
-	$(PY) experiments/train.py $(ARGS)
+	$(PY) -m experiments.train $(ARGS)
 
 sweep: NEED_NGSPICE = 0
 sweep: $(STAMP) system-packages
-	$(PY) experiments/sweep.py $(ARGS)
+	$(PY) -m experiments.sweep $(ARGS)
 
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
@@ -48,11 +48,11 @@ test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py $(ARGS)
+	$(PY) -m benchmarks.run $(ARGS)
 	@echo "| devices | members at once per device | members x batches | sweep s | sequential s | sweep / sequential | compile + first call s | XLA MiB (vmap) all / per call | max rel. loss difference |"
 	@echo "|---|---|---|---|---|---|---|---|---|"
-	@$(PY) benchmarks/sweep.py
-	@XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) benchmarks/sweep.py --output benchmarks/sweep_results_2dev.json
+	@$(PY) -m benchmarks.sweep
+	@XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m benchmarks.sweep --output benchmarks/sweep_results_2dev.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,9 +42,8 @@ import jax.numpy as jnp
 import optax
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import configs  # noqa: E402
-from splits import load_split  # noqa: E402
+from experiments import configs  # noqa: E402
+from experiments.splits import load_split  # noqa: E402
 
 EPOCH_EXAMPLES = 60_000
 # EP variants timed: a named config of experiments/configs.py with overrides. "dhn-1h" stops each

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -31,9 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-import configs  # noqa: E402
-from splits import load_split  # noqa: E402
+from experiments import configs  # noqa: E402
+from experiments.splits import load_split  # noqa: E402
 
 import eqjax  # noqa: E402
 from eqjax.sweep import MEMBERS  # noqa: E402

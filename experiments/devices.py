@@ -1,7 +1,7 @@
 """Accuracy of EP training through memristor device models: versus the number of conductance
 levels and versus cycle-to-cycle write noise.
 
-    python experiments/devices.py [--dataset mnist] [--train-limit 60000] [--epochs 2]
+    python -m experiments.devices [--dataset mnist] [--train-limit 60000] [--epochs 2]
 
 Trains the `drn-xs` configuration (resistive 2x784-100-10, centered EP, SGD) once per device
 setting, with the device model of `eqjax.analog.devices.memristor` applied to the conductances
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,9 @@ import jax.numpy as jnp
 import optax
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import configs  # noqa: E402
-from splits import load_split  # noqa: E402
-
-import eqjax  # noqa: E402
+import eqjax
+from experiments import configs
+from experiments.splits import load_split
 from eqjax.analog import devices  # noqa: E402
 
 G_MAX = 1.0  # siemens: range of the simulated devices (trained DRN-XS conductances reach about 0.6 S)

@@ -14,6 +14,8 @@ import math
 import os
 from pathlib import Path
 
+import jax
+import numpy as np
 from flax import serialization
 
 CHECKPOINT_FORMAT = "eqjax-checkpoint"
@@ -62,9 +64,14 @@ def load_checkpoint(path: Path, target: dict) -> dict:
     clear message when it is missing, corrupt, of another version or of another model."""
     payload = _verified_payload(path)
     try:
-        return serialization.from_bytes(target, payload)
+        restored = serialization.from_bytes(target, payload)
     except Exception as error:
         raise SystemExit(f"{path} does not match this run's model and optimizer ({error}); it was not loaded") from None
+    shapes = lambda tree: [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(tree)]
+    if shapes(restored) != shapes(target):
+        raise SystemExit(f"{path} holds arrays of other shapes than this run's model (was config.json edited?); "
+                         "it was not loaded")
+    return restored
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -1,7 +1,7 @@
 """Hyperparameter sweep of a named config: every member trained as one vmapped, compiled program.
 
     make sweep ARGS="--model dhn-1h --grid beta=0.1,0.2,0.5 --grid learning_rate=0.02,0.05 --epochs 3 --validation 10000"
-    python experiments/sweep.py --resume runs/<sweep>          # continue; finished members are kept
+    python -m experiments.sweep --resume runs/<sweep>          # continue; finished members are kept
 
 Each ``--grid KEY=V1,V2,...`` is an axis (values in JSON); the members are every combination.
 Numeric values of ``beta``, ``learning_rate``, ``tol``, ``step_size``, ``decay`` and ``seed`` are
@@ -46,11 +46,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import configs  # noqa: E402
-from splits import load_split  # noqa: E402
-
 import eqjax  # noqa: E402
+from experiments import configs  # noqa: E402
+from experiments.splits import load_split  # noqa: E402
 
 TRACED = ("beta", "learning_rate", "tol", "step_size", "decay", "seed")
 EVAL_BATCH = 1000

@@ -1,7 +1,7 @@
 """Train an EP model on MNIST / Fashion-MNIST: the main job behind `make train`.
 
-    python experiments/train.py [--model dhn-1h] [--dataset mnist] [--epochs 5] [--seed 0]
-    python experiments/train.py --resume runs/<run>      # continue from its last checkpoint
+    python -m experiments.train [--model dhn-1h] [--dataset mnist] [--epochs 5] [--seed 0]
+    python -m experiments.train --resume runs/<run>      # continue from its last checkpoint
 
 Writes a run directory with config.json, metrics.jsonl (one strict-JSON line per chunk of batches
 and per epoch), checkpoint.msgpack (flax serialization with a version and a SHA-256 checksum,
@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,12 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import configs  # noqa: E402
-import runfiles  # noqa: E402
-from splits import load_split  # noqa: E402
-
-import eqjax  # noqa: E402
+import eqjax
+from experiments import configs, runfiles
+from experiments.splits import load_split
 
 
 # Options that define a run: set when it starts, never changed by --resume.

@@ -1,16 +1,13 @@
 """Every named training configuration builds and trains: its hyperparameters, solver, estimator and
 optimizer run one chunk of two batches (on narrow layers, to keep compilation short)."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import configs  # noqa: E402
+from experiments import configs
 
 NARROW = 12  # hidden units per layer in this test instead of 100-1024
 

