@@ -317,6 +317,10 @@ class Training:
         log.flush()
         print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
               f"{100 * error:.2f}% ({100 * converged:.1f}% converged), {seconds:.1f} s")
+        chance = 1 - 1 / self.model.num_outputs
+        if error >= chance - 0.05:
+            print(f"warning: the test error {100 * error:.1f}% is at chance level ({100 * chance:.0f}%): the run is "
+                  "not learning (a learning rate too large or too small?)")
         if converged < CONVERGED_WARNING:
             print(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
                   f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")

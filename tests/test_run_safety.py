@@ -129,3 +129,6 @@ def test_run_names_never_collide_and_evaluation_reports_convergence(tmp_path, fi
     out = capsys.readouterr().out
     assert "(0.0% converged)" in out and "warning: only 0.0% of the test examples" in out
     assert [r for r in lines(run_dir) if r["kind"] == "epoch"][-1]["test_converged"] == 0.0
+    # a learning rate far too large leaves the net at chance: said, not silent
+    train.main(TINY + ["--epochs", "1", "--set", "learning_rate=1e3", "--runs-dir", str(tmp_path / "c")])
+    assert "is at chance level" in capsys.readouterr().out
