@@ -269,6 +269,11 @@ def main(argv=None):
         raise SystemExit("give at least one --grid KEY=V1,V2,...")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {args.epochs}")
+    for member in member_table(axes):  # every member's config must make sense before anything is written
+        try:
+            configs.validate(dict(base, **member))
+        except ValueError as error:
+            raise SystemExit(f"--grid/--set: {error}") from None
     if run_dir is None and primary:
         name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = args.runs_dir / name

@@ -44,5 +44,8 @@ def test_sweep_writes_every_member_and_resumes_only_the_missing_ones(tmp_path, c
 def test_sweep_refuses_bad_axes(tmp_path):
     with pytest.raises(SystemExit, match="has no entry 'betta'"):
         sweep.main(["--model", "tiny", "--grid", "betta=0.1,0.2", "--runs-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="beta must be a finite nonzero number"):
+        sweep.main(["--model", "tiny", "--grid", "beta=0,0.1", "--runs-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(SystemExit, match="expected KEY=V1,V2"):
         sweep.main(["--model", "tiny", "--grid", "beta", "--runs-dir", str(tmp_path)])
