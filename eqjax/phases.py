@@ -63,6 +63,9 @@ class Nudge(Phase):
         return self.beta * jnp.sum(costs)
 
     def start(self, states):
+        """A complex ``beta`` makes the state complex; a real one leaves its dtype alone."""
+        if not jnp.iscomplexobj(self.beta):
+            return states
         return jax.tree.map(lambda s: s.astype(jnp.result_type(s, self.beta)), states)
 
     def errors(self):
