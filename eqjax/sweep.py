@@ -131,11 +131,10 @@ def _replicate(leaf, sharding):
 
 
 @functools.lru_cache(maxsize=32)
-def _program(fn: Callable, num_args: int, devices: tuple, vectorize: int | None):
+def _program(fn: Callable, num_args: int, mesh: Mesh, vectorize: int | None):
     """The jitted sweep program for ``fn``: each device maps over its share of the members,
     ``vectorize`` at a time. Cached, so that later :func:`run` calls with the same function reuse
     the compiled program (jit's own cache sees the same function object)."""
-    mesh = Mesh(np.asarray(devices), (MEMBERS,))
 
     def local(rows, *shared):
         return jax.lax.map(lambda h: fn(h, *shared), rows, batch_size=vectorize)
@@ -183,7 +182,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
     shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
     if vectorize is not None and (isinstance(vectorize, bool) or not isinstance(vectorize, int) or vectorize < 1):
         raise ValueError(f"vectorize must be a positive int or None, got {vectorize!r}")
-    compiled = _program(fn, len(args), tuple(devices), vectorize)
+    compiled = _program(fn, len(args), mesh, vectorize)
     pieces = []
     for start in range(0, count, per_call):
         rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member

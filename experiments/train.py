@@ -325,8 +325,9 @@ class Training:
             print(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
                   f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
         self.save(carry, {"epoch": epoch + 1, "batch": 0})
-        epochs_done = [r for r in read_records(self.metrics_path) if r["kind"] == "epoch"]
-        plot_curve(self.run_dir, read_records(self.metrics_path))
+        records = read_records(self.metrics_path)
+        epochs_done = [r for r in records if r["kind"] == "epoch"]
+        plot_curve(self.run_dir, records)
         if not self.config.get("validation"):
             return False
         if min(epochs_done, key=lambda r: r["validation_error"])["epoch"] == epoch + 1:

@@ -106,9 +106,7 @@ class Hopfield(Layered):
 
     def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
         """Internal energy ``E(params, state, x)`` of one example; a scalar."""
-        activations = self._activations(state)
-        drive = x @ params["weights"][0]
-        return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
+        return self._energy_from_drive(params, state, x @ params["weights"][0])
 
     def prepare(self, params: dict, x: jax.Array) -> dict:
         """For the relaxation of the batch ``x`` ``(B, n_0)``: the input field ``x W_1`` ``(B, n_1)``
@@ -119,12 +117,7 @@ class Hopfield(Layered):
 
     def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
         """The batch's summed energy from :meth:`prepare`'s input field and weight layout."""
-        params = prepared["params"]
-
-        def one(state, drive):
-            activations = self._activations(state)
-            return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
-
+        one = lambda state, drive: self._energy_from_drive(prepared["params"], state, drive)
         return jnp.sum(jax.vmap(one)(states, prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array):
@@ -143,6 +136,11 @@ class Hopfield(Layered):
             - self._internal_energy(params, state_b, acts_b)
             - input_term
         )
+
+    def _energy_from_drive(self, params: dict, state: tuple, drive: jax.Array) -> jax.Array:
+        """The energy of one example given its input field ``drive = x W_1``, shape ``(n_1,)``."""
+        activations = self._activations(state)
+        return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
 
     def _activations(self, state: tuple) -> tuple:
         rho = _RHO[self.kind]
