@@ -1,0 +1,112 @@
+"""The estimator interface and the pieces every phase-contrast rule shares.
+
+Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
+``estimator.estimate(model, cost, solver, params, x, y, state0=None, key=None)`` on a batch
+(``x`` ``(B, *input_shape)``, ``y`` ``(B,)``):
+
+- ``grads`` has the structure of ``params`` and follows optax's convention: a direction to descend.
+  Gradient estimators (EP, holomorphic EP, the references) estimate ``d/dparams mean_b L_b`` with
+  ``L_b = C(output(s0_b), y_b)`` the loss at the free equilibrium; contrastive and coupled learning
+  are not gradients of a loss in general (see :mod:`eqjax.verify` to measure how far they are);
+- ``aux`` holds per-example ``loss`` (NaN for examples whose free phase went non-finite),
+  ``accuracy`` (0/1; 0 for non-finite examples), ``prediction`` at the free equilibrium,
+  ``free_state`` (for warm starts and persistent particles), ``used`` (the example entered the
+  gradient) and, per phase, :meth:`Equilibrium.summary` (``num_steps``, ``residual``, ``status``,
+  ``converged``).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from eqjax.costs import predict
+from eqjax.equilibrium import Equilibrium
+from eqjax.loop import select_examples
+from eqjax.phases import Free
+from eqjax.relaxation import relax_batch
+
+
+class Estimator(struct.PyTreeNode, abc.ABC):
+    """The interface of a gradient estimator (a frozen pytree dataclass; numeric fields traced)."""
+
+    @abc.abstractmethod
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None) -> tuple:
+        """``(grads, aux)`` for the batch (see the module docstring)."""
+
+    def errors(self) -> dict:
+        """``{message: violated}`` for the estimator's traced hyperparameters (see ``eqjax._checks``)."""
+        return {}
+
+
+def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
+    """Loss, accuracy and prediction at the free equilibrium, plus its diagnostics."""
+    outputs = jax.vmap(model.output)(free.state)
+    prediction = predict(outputs)
+    loss = jax.vmap(cost)(outputs, y)
+    return {
+        "loss": jnp.where(free.nonfinite, jnp.nan, loss),
+        "accuracy": ((prediction == y) & ~free.nonfinite).astype(loss.dtype),  # non-finite: wrong
+        "prediction": prediction,
+        "free_state": free.state,
+        "free": free.summary(),
+    }
+
+
+def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
+    """``d/dparams`` of ``mean_b [E(high_b) - E(low_b)] / scale`` over the examples marked ``used``
+    ``(B,)``, through ``model.energy_difference`` (which may factor the difference so that it keeps
+    its precision when ``high`` and ``low`` are close, see :meth:`Hopfield.energy_difference`).
+    Unused examples (non-finite in some phase) are replaced by zeros before differentiating, so
+    their NaNs cannot reach the gradient. ``scale`` is a traced scalar (e.g. ``beta`` or ``2 beta``);
+    when it or the states are complex (holomorphic EP) the real part of the contrast is differentiated."""
+    high, low = jax.lax.stop_gradient((high, low))
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+    high, low, x = (select_examples(used, t, zeros(t)) for t in (high, low, x))
+    count = jnp.maximum(jnp.sum(used), 1)
+
+    def contrast(p):
+        differences = jax.vmap(model.energy_difference, in_axes=(None, 0, 0, 0))(p, high, low, x)
+        return jnp.real(jnp.sum(jnp.where(used, differences, 0.0)) / (count * scale))
+
+    return jax.grad(contrast)(params)
+
+
+def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, warm_start: bool,
+                 second_phases: Callable) -> tuple[dict, dict]:
+    """The free phase, then the phases ``second_phases(free_state) -> {name: Phase}`` (they may
+    depend on the free equilibrium, e.g. coupled learning's clamp target).
+
+    The second phases start from the free equilibrium when ``warm_start`` (static), else from the
+    model's start state, and are relaxed with ``nudged_solver`` (``None``: ``solver``). The input
+    field (``model.prepare``) is computed once for all phases.
+
+    Returns ``(equilibria, aux)``: ``{"free": .., name: ..}`` and the free phase's aux (see
+    :func:`free_phase_aux`) with each second phase's summary and ``used`` (finite in every phase).
+    """
+    prepared = model.prepare(params, x)
+    free = relax_batch(model, cost, solver, params, x, None, Free(), state0, _split(key, 0), prepared)
+    aux = free_phase_aux(model, cost, free, y)
+    start = jax.lax.stop_gradient(free.state) if warm_start else None
+    second_solver = solver if nudged_solver is None else nudged_solver
+    equilibria = {"free": free}
+    for k, (name, phase) in enumerate(second_phases(jax.lax.stop_gradient(free.state)).items(), start=1):
+        equilibria[name] = relax_batch(model, cost, second_solver, params, x, y, phase, start, _split(key, k),
+                                       prepared)
+        aux[name] = equilibria[name].summary()
+    aux["used"] = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)
+    return equilibria, aux
+
+
+def _split(key, index: int):
+    """The ``index``-th of three keys split from ``key`` (``None`` stays ``None``)."""
+    return None if key is None else jax.random.split(key, 3)[index]
+
+
+def solver_errors(nudged_solver) -> dict:
+    """The second-phase solver's own conditions (none when it is the free phase's)."""
+    return {} if nudged_solver is None else nudged_solver.errors()

@@ -1,0 +1,81 @@
+"""Equilibrium propagation with a real beta (Scellier & Bengio 2017; Laborieux et al. 2021)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+from eqjax._checks import merge_conditions, shown
+from eqjax.estimators.base import Estimator, contrast_gradient, relax_phases, solver_errors
+from eqjax.phases import Nudge
+
+# For each variant: the two phases contrasted (high, low) and the multiple of the nudge between
+# them (the denominator is multiple * beta). Shared with coupled learning (eqjax.estimators.clamped).
+EP_CONTRASTS = {"positive": ("positive", "free", 1), "negative": ("free", "negative", 1),
+             "centered": ("positive", "negative", 2)}
+
+
+def second_phase_names(variant: str) -> tuple[str, ...]:
+    """The phases besides the free one that ``variant`` contrasts, in a fixed order."""
+    return tuple(name for name in ("positive", "negative") if name in EP_CONTRASTS[variant][:2])
+
+
+def check_variant(variant: str) -> None:
+    if variant not in EP_CONTRASTS:
+        raise ValueError(f"variant must be one of {tuple(EP_CONTRASTS)}, got {variant!r}")
+
+
+class EP(Estimator):
+    """Equilibrium propagation (Scellier & Bengio 2017).
+
+    ``g = (dE/dparams(s_a) - dE/dparams(s_b)) / (beta_a - beta_b)``, averaged over the batch, with
+
+    - ``"positive"``: ``(s_a, beta_a) = (s_beta, beta)``, ``(s_b, beta_b) = (s_0, 0)``; bias O(beta);
+    - ``"negative"``: ``(s_0, 0)`` and ``(s_-beta, -beta)``; bias O(beta);
+    - ``"centered"``: ``(s_beta, beta)`` and ``(s_-beta, -beta)``; bias O(beta^2) (Laborieux et
+      al. 2021).
+
+    ``s_beta`` minimises ``E + beta C`` (a :class:`~eqjax.phases.Nudge`). ``beta`` is real,
+    nonzero and traced (vmap over it works; changing it never recompiles) and may be negative (a
+    random sign per batch, as Scellier & Bengio 2017 do, is ``EP(beta=sign * 0.5)``). ``variant``
+    and ``warm_start`` (nudged phases start from the free equilibrium, else from the model's start
+    state) are static. ``nudged_solver`` relaxes the nudged phases (default: the free phase's
+    solver), e.g. 4 gradient steps after 20 free ones as in Scellier & Bengio 2017. For a complex
+    beta use :class:`~eqjax.estimators.HolomorphicEP`.
+
+    Examples that go non-finite in any phase are left out of the gradient (the mean is over the
+    others) and reported in ``aux["used"]`` and each phase's ``status`` (``aux["free"]``,
+    ``aux["positive"]``, ``aux["negative"]``).
+    """
+
+    beta: float = 0.1
+    variant: str = struct.field(pytree_node=False, default="centered")
+    warm_start: bool = struct.field(pytree_node=False, default=True)
+    nudged_solver: object = None
+
+    def __post_init__(self):
+        check_variant(self.variant)
+
+    def errors(self) -> dict:
+        """``beta`` real, finite and nonzero, and the nudged solver's own conditions."""
+        beta = jnp.asarray(self.beta)
+        if jnp.iscomplexobj(beta):
+            raise TypeError("EP takes a real beta; for a complex beta use eqjax.estimators.HolomorphicEP")
+        own = {f"beta must be a finite nonzero number for EP{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
+        return merge_conditions(own, solver_errors(self.nudged_solver))
+
+    def phases(self) -> dict:
+        """The nudged phases this variant relaxes, by name."""
+        signs = {"positive": 1, "negative": -1}
+        return {name: Nudge(beta=signs[name] * self.beta) for name in second_phase_names(self.variant)}
+
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+        """Free phase from ``state0``, then the nudged phase(s); see the class."""
+        self.errors()  # a complex beta raises here, also when traced
+        equilibria, aux = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
+                                       self.warm_start, lambda free_state: self.phases())
+        high, low, multiple = EP_CONTRASTS[self.variant]
+        scale = multiple * jnp.asarray(self.beta, x.dtype)
+        grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x, scale,
+                                  aux["used"])
+        return grads, aux
