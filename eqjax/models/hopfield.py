@@ -121,21 +121,30 @@ class Hopfield(Layered):
         return jnp.sum(jax.vmap(one)(states, prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array):
-        """``E(params, state_a, x) - E(params, state_b, x)`` for one example.
+        """``E(params, state_a, x) - E(params, state_b, x)`` for one example, with every term
+        written as a product with a difference of states.
 
-        The input term is factored as ``x W_1 (rho(a_1) - rho(b_1))``, so the gradient w.r.t.
-        ``W_1`` (the largest matrix) is one outer product of ``x`` with a difference of states
-        instead of two: what EP's weight update needs. The other weights are read in their
+        With ``d_l = rho(a_l) - rho(b_l)`` and ``m_l = (rho(a_l) + rho(b_l)) / 2`` (exact algebra)::
+
+            rho(a_l) W rho(a_{l+1}) - rho(b_l) W rho(b_{l+1}) = d_l W m_{l+1} + m_l W d_{l+1}
+
+        and the input term is ``x W_1 d_1``. The gradient w.r.t. the parameters (EP's weight
+        update) is then formed from state differences taken before the products, so it keeps its
+        precision when ``a`` and ``b`` are close (EP at small ``beta``); the difference of two
+        separately rounded products would lose ``log10(1 / beta)`` digits. ``W_1``'s gradient is a
+        single outer product of ``x`` with ``d_1``. The other weights are read in their
         :func:`product_layout`.
         """
         params = product_layout(params)
         acts_a, acts_b = self._activations(state_a), self._activations(state_b)
-        input_term = x @ params["weights"][0] @ (acts_a[0] - acts_b[0])
-        return (
-            self._internal_energy(params, state_a, acts_a)
-            - self._internal_energy(params, state_b, acts_b)
-            - input_term
-        )
+        deltas = tuple(a - b for a, b in zip(acts_a, acts_b))
+        means = tuple((a + b) / 2 for a, b in zip(acts_a, acts_b))
+        self_energy = sum(0.5 * jnp.dot(a - b, a + b) for a, b in zip(state_a, state_b))
+        interaction = sum(deltas[l] @ w @ means[l + 1] + means[l] @ w @ deltas[l + 1]
+                          for l, w in enumerate(_interaction_weights(params)))
+        bias_energy = sum(jnp.dot(b, d) for b, d in zip(params["biases"], deltas))
+        input_term = x @ params["weights"][0] @ deltas[0]
+        return self_energy - interaction - bias_energy - input_term
 
     def _energy_from_drive(self, params: dict, state: tuple, drive: jax.Array) -> jax.Array:
         """The energy of one example given its input field ``drive = x W_1``, shape ``(n_1,)``."""
