@@ -13,8 +13,9 @@ from eqjax.models.hopfield import ENERGIES
 
 # Each config is plain JSON-able data; `build` turns it into eqjax values. OPTIONAL entries may be
 # absent (a default applies) and can still be set with `--set`.
-OPTIONAL = ("estimator", "init_scheme", "linear_output", "nudged_steps", "eval_steps", "warm_start",
-            "persistent", "random_sign", "check_every")
+OPTIONAL = ("estimator", "eta", "num_phases", "init_scheme", "linear_output", "nudged_steps", "eval_steps",
+            "warm_start", "persistent", "random_sign", "check_every", "history", "mixing", "temperature",
+            "anneal")
 CONFIGS = {
     # Scellier et al. 2023/2024 deep Hopfield networks, with the settings of their code: hard-
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
@@ -68,8 +69,8 @@ CONFIGS = {
 
 
 COSTS = ("squared_error", "squared_error_full", "cross_entropy")
-SOLVERS = ("block_coordinate", "gradient_descent")
-ESTIMATORS = ("ep", "implicit", "bptt")
+SOLVERS = ("block_coordinate", "gradient_descent", "anderson", "langevin")
+ESTIMATORS = ("ep", "holomorphic", "contrastive", "coupled", "implicit", "bptt")
 
 
 def _number(value) -> bool:
@@ -92,7 +93,13 @@ RULES = {
     "optimizer": (lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
     "tol": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "step_size": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "history": (_count, "an int >= 1"),
+    "mixing": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "anneal": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "beta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
+    "eta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
+    "num_phases": (lambda v: _count(v) and v >= 2, "an int >= 2"),
     "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "gain": (lambda v: _number(v) and v > 0, "a number > 0"),
     "input_gain": (lambda v: _number(v) and v > 0, "a number > 0"),
@@ -158,25 +165,46 @@ def initial_state(config: dict, model, num_examples: int) -> tuple:
 
 
 def make_estimator(config: dict, nudged_solver=None):
-    """EP as configured, or a baseline with ``estimator="implicit"`` (implicit differentiation at
-    the free equilibrium) or ``"bptt"`` (backpropagation through the free phase's ``free_steps``
-    solver updates: the truncated BP of Scellier et al. 2024)."""
+    """The config's learning rule (``estimator``, default ``"ep"``):
+
+    - ``"ep"``: EP with ``beta`` and ``variant``; ``"holomorphic"``: holomorphic EP with radius
+      ``beta`` and ``num_phases`` (default 4; needs an unbounded smooth model);
+    - ``"contrastive"``: contrastive learning (output clamped to the target); ``"coupled"``:
+      coupled learning with ``eta`` (default 0.5) and ``variant``;
+    - baselines: ``"implicit"`` (implicit differentiation at the free equilibrium) or ``"bptt"``
+      (backpropagation through the free phase's ``free_steps`` solver updates: the truncated BP of
+      Scellier et al. 2024).
+    """
     kind = config.get("estimator", "ep")
+    second = dict(nudged_solver=nudged_solver)
     if kind == "implicit":
         return eqjax.estimators.ImplicitDiff()
     if kind == "bptt":
         return eqjax.estimators.BPTT(num_steps=config["free_steps"])
+    if kind == "holomorphic":
+        return eqjax.estimators.HolomorphicEP(beta=config["beta"], num_phases=config.get("num_phases", 4), **second)
+    if kind == "contrastive":
+        return eqjax.estimators.Contrastive(**second)
+    if kind == "coupled":
+        return eqjax.estimators.Coupled(eta=config.get("eta", 0.5), variant=config["variant"], **second)
     if kind != "ep":
-        raise ValueError(f"estimator must be 'ep', 'implicit' or 'bptt', got {kind!r}")
-    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=nudged_solver)
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
+    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], **second)
 
 
 def make_solver(config: dict, max_steps: int):
     """The config's solver with ``max_steps``; ``check_every`` (default 1) sets how often it tests
-    the tolerance."""
+    the tolerance. ``"anderson"``: Anderson acceleration of block-coordinate sweeps (``history``,
+    default 5; ``mixing``, default 1); ``"langevin"``: noisy gradient steps (``step_size``,
+    ``temperature``, ``anneal`` default 1; needs a PRNG key)."""
     tested = dict(tol=config["tol"], max_steps=max_steps, check_every=config.get("check_every", 1))
     if config["solver"] == "block_coordinate":
         return eqjax.solvers.BlockCoordinate(**tested)
+    if config["solver"] == "anderson":
+        return eqjax.solvers.Anderson(history=config.get("history", 5), mixing=config.get("mixing", 1.0), **tested)
+    if config["solver"] == "langevin":
+        return eqjax.solvers.Langevin(step_size=config["step_size"], temperature=config["temperature"],
+                                      anneal=config.get("anneal", 1.0), **tested)
     return eqjax.solvers.GradientDescent(step_size=config["step_size"], **tested)
 
 

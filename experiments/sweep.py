@@ -4,7 +4,7 @@
     python -m experiments.sweep --resume runs/<sweep>          # continue; finished members are kept
 
 Each ``--grid KEY=V1,V2,...`` is an axis (values in JSON); the members are every combination.
-Numeric values of ``beta``, ``learning_rate``, ``tol``, ``step_size``, ``decay`` and ``seed`` are
+Numeric values of ``beta``, ``eta``, ``learning_rate``, ``tol``, ``step_size``, ``decay`` and ``seed`` are
 traced: members that differ only in them train together in one compiled call (vmapped over
 members, sharded over the local devices). Any other entry (e.g. ``variant``, ``gain``,
 ``free_steps``) is static: each combination of static values is a group with its own compile.
@@ -50,7 +50,7 @@ import eqjax  # noqa: E402
 from experiments import configs  # noqa: E402
 from experiments.splits import load_split  # noqa: E402
 
-TRACED = ("beta", "learning_rate", "tol", "step_size", "decay", "seed")
+TRACED = ("beta", "eta", "learning_rate", "tol", "step_size", "decay", "seed")
 EVAL_BATCH = 1000
 
 
