@@ -37,7 +37,7 @@ def test_documented_training_snippet_ran():
     metrics = DOCUMENTED["metrics"]
     assert set(metrics) >= {"loss", "free_converged", "positive_nonfinite"}
     assert float(metrics["free_nonfinite"]) == 0.0 and np.isfinite(float(metrics["loss"]))
-Lateral, HeavyBall, Contrastive = DOCUMENTED["Lateral"], DOCUMENTED["HeavyBall"], DOCUMENTED["Contrastive"]
+Lateral, HeavyBall, ClampToTarget = DOCUMENTED["Lateral"], DOCUMENTED["HeavyBall"], DOCUMENTED["ClampToTarget"]
 
 
 def test_documented_model_block_is_short():
@@ -163,10 +163,12 @@ def test_contrastive_estimator_from_clamped_phases():
     target = jax.nn.one_hot(y, 3, dtype=x.dtype)
     clamped = eqjax.relax(model, cost, solver, params, x, y, eqjax.phases.Clamp(target))
     np.testing.assert_array_equal(np.asarray(clamped.state[-1]), np.asarray(target))
-    grads, aux = eqjax.gradients(model, cost, solver, Contrastive(), params, x, y)
+    grads, aux = eqjax.gradients(model, cost, solver, ClampToTarget(), params, x, y)
     reference, _ = eqjax.gradients(model, cost, solver, ImplicitDiff(), params, x, y)
     flat = lambda t: ravel_pytree(t)[0]
     assert float(flat(grads) @ flat(reference)) > 0  # a descent direction of the true loss
+    library, _ = eqjax.gradients(model, cost, solver, eqjax.estimators.Contrastive(), params, x, y)
+    chex.assert_trees_all_close(grads, library, rtol=1e-10)  # the documented rule is the library's
 
 
 def test_plain_function_cost_works_everywhere():

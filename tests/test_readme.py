@@ -24,3 +24,12 @@ def test_readme_sweep_example_runs():
     exec(setup + sweep, namespace)  # noqa: S102 - the README's setup, then its sweep
     result = namespace["result"]
     assert result.ok.all() and result.outputs["loss"].shape == (16,)
+
+
+def test_readme_verification_example_runs():
+    code = re.findall(r"## Learning rules and gradient checks\n\n.*?```python\n(.*?)```", README.read_text(), re.S)[0]
+    namespace = {}
+    exec(code, namespace)  # noqa: S102
+    assert bool(namespace["check"].passed)
+    assert abs(namespace["curve"].slope - 3) < 0.3  # holomorphic EP with 3 phases: O(beta^3)
+    assert float(namespace["steps"].param_relative_error.max()) < 1e-3
