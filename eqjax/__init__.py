@@ -6,6 +6,7 @@ from eqjax.api import evaluate, gradients, relax
 from eqjax.equilibrium import RESULTS, Equilibrium
 from eqjax.relaxation import relax_batch
 from eqjax.train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
+from eqjax import verify  # noqa: E402 (after api: it builds on gradients and relax)
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,5 @@ __all__ = [
     "train_chunk",
     "train_epoch",
     "train_step",
+    "verify",
 ]
