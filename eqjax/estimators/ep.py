@@ -21,6 +21,7 @@ def second_phase_names(variant: str) -> tuple[str, ...]:
 
 
 def check_variant(variant: str) -> None:
+    """``ValueError`` unless ``variant`` is one of ``EP_CONTRASTS`` (static, checked at construction)."""
     if variant not in EP_CONTRASTS:
         raise ValueError(f"variant must be one of {tuple(EP_CONTRASTS)}, got {variant!r}")
 
