@@ -1,4 +1,5 @@
-"""Hyperparameter sweeps as one compiled program: members vmapped together, sharded over devices.
+"""Hyperparameter sweeps as one compiled program: members vmapped together (or, on CPU, looped
+over inside the program), sharded over devices.
 
 A grid is a dict of equal-length 1-D arrays, one entry per member (:func:`product`, :func:`zipped`).
 :func:`run` calls ``fn(hparams, *args)`` for every member, where ``hparams`` is one member's row as a
@@ -15,6 +16,11 @@ whatever the hyperparameters decide, e.g.::
 Only values can be swept this way: anything that decides shapes or control flow (layer sizes,
 ``max_steps``, ``check_every``, the EP variant, the cost) is static, so members that differ in it
 need separate :func:`run` calls (one compile each).
+
+How each device computes its members is :func:`run`'s ``vectorize``: all at once (one ``vmap``, the
+default on accelerators), in vmapped groups, or one at a time (a loop inside the program, the
+default on CPU, where it was measured fastest; see :func:`run`). A vmapped ``while_loop`` (the
+relaxation) runs until its slowest member stops.
 """
 
 from __future__ import annotations
@@ -130,14 +136,27 @@ def _replicate(leaf, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def _group_size(vectorize: int | None, devices) -> int | None:
+    """``vectorize`` as :func:`run` documents it, resolved: ``None`` is one member at a time on CPU
+    devices and all members at once elsewhere (``None`` here)."""
+    if vectorize is None:
+        return 1 if all(device.platform == "cpu" for device in devices) else None
+    return vectorize
+
+
 @functools.lru_cache(maxsize=32)
 def _program(fn: Callable, num_args: int, mesh: Mesh, vectorize: int | None):
     """The jitted sweep program for ``fn``: each device maps over its share of the members,
-    ``vectorize`` at a time. Cached, so that later :func:`run` calls with the same function reuse
-    the compiled program (jit's own cache sees the same function object)."""
+    ``vectorize`` at a time (``None``: all at once). Cached, so that later :func:`run` calls with the
+    same function reuse the compiled program (jit's own cache sees the same function object)."""
 
     def local(rows, *shared):
-        return jax.lax.map(lambda h: fn(h, *shared), rows, batch_size=vectorize)
+        member = lambda h: fn(h, *shared)
+        if vectorize is None or vectorize >= num_members(rows):  # this device's members, static
+            return jax.vmap(member)(rows)
+        if vectorize == 1:  # a plain loop: each member computed exactly as a single run is
+            return jax.lax.map(member, rows)
+        return jax.lax.map(member, rows, batch_size=vectorize)  # a loop over vmapped groups
 
     spec, everywhere = PartitionSpec(MEMBERS), PartitionSpec()
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) + (everywhere,) * num_args, out_specs=spec,
@@ -146,7 +165,7 @@ def _program(fn: Callable, num_args: int, mesh: Mesh, vectorize: int | None):
 
 def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | None = None,
         vectorize: int | None = None, on_call: Callable | None = None) -> SweepResult:
-    """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled, vmapped program.
+    """Run ``fn(hparams, *args)`` for every member of ``grid`` as one compiled program.
 
     Args:
       fn: a pure function of one member's ``hparams`` (a dict of traced scalars, one per grid
@@ -159,9 +178,14 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
       members_per_call: at most this many members per compiled call (rounded up to a multiple of
         the device count), to bound memory; default all members in one call. The last call is
         padded with copies of the last member, whose outputs are dropped.
-      vectorize: how many members each device computes at once with ``jax.vmap`` (its members are
-        walked through in groups of this size by ``jax.lax.map``); default all of them, the
-        fastest in the measurements of BENCHMARKS.md. Smaller groups bound memory further.
+      vectorize: how many members each device computes at once with ``jax.vmap``; its members are
+        walked through in groups of this size by ``jax.lax.map`` (``1``: a loop, no ``vmap``; at
+        least the members per device: one ``vmap`` of all). Default ``None``: one at a time on CPU
+        devices, all at once on accelerators. On CPU a vmapped group streams every member's weights
+        through memory at each batch (16 DHN-1H members: 51 MB of ``W_1``, beyond the caches)
+        while a loop keeps one member's in cache, and the products with a member's own weights,
+        which vmapping cannot merge, are most of the work: the loop was the fastest in
+        BENCHMARKS.md. Smaller groups also bound memory.
       on_call: called on the host after each call as ``on_call(members, outputs)`` with the call's
         member indices ``(n,)`` and their outputs (e.g. to report progress or save results as they
         come, so that a killed sweep can skip finished members).
@@ -182,7 +206,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
     shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
     if vectorize is not None and (isinstance(vectorize, bool) or not isinstance(vectorize, int) or vectorize < 1):
         raise ValueError(f"vectorize must be a positive int or None, got {vectorize!r}")
-    compiled = _program(fn, len(args), mesh, vectorize)
+    compiled = _program(fn, len(args), mesh, _group_size(vectorize, devices))
     pieces = []
     for start in range(0, count, per_call):
         rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member

@@ -83,6 +83,43 @@ def test_a_diverging_member_is_flagged_and_the_others_are_unchanged():
         eqjax.sweep.run(train, {k: v[[1]] for k, v in grid.items()}, XS, YS).best("loss")
 
 
+@pytest.mark.parametrize("vectorize", [2, 5])  # vmapped groups of 2 (the last one short), all 5 at once
+def test_vmapped_members_equal_the_loop_over_members(vectorize):
+    grid = eqjax.sweep.product(beta=[0.1, -0.3, 0.2, 0.5, 0.3], learning_rate=[0.05], seed=[0], tol=[1e-6])
+    grid["seed"] = np.arange(5)
+    looped = eqjax.sweep.run(train, grid, XS, YS, vectorize=1)  # what a single run computes
+    vmapped = eqjax.sweep.run(train, grid, XS, YS, vectorize=vectorize)
+    # a vmapped relaxation loop runs until its slowest member stops, but JAX keeps the members that
+    # stopped where they stopped: the same steps, and the same float64 numbers up to round-off
+    np.testing.assert_array_equal(vmapped.outputs["steps"], looped.outputs["steps"])
+    chex.assert_trees_all_close(vmapped.outputs, looped.outputs, rtol=1e-9, atol=1e-12)
+
+
+def test_input_field_batches_the_members_weights_without_moving_them():
+    from eqjax.models.hopfield import input_field
+
+    keys = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(keys[0], (5, 7), jnp.float64)
+    xs = jax.random.normal(keys[1], (3, 5, 7), jnp.float64)
+    ws = jax.random.normal(keys[2], (3, 7, 4), jnp.float64)
+    for axes, args in (((None, 0), (x, ws)), ((0, 0), (xs, ws)), ((0, None), (xs, ws[0]))):
+        np.testing.assert_allclose(jax.vmap(input_field, axes)(*args), jax.vmap(jnp.matmul, axes)(*args),
+                                   rtol=1e-13)  # float64 round-off of the same sums
+    # the members' weights batched, the input shared: one batched product over the member axis
+    # (each member's W read in place), not x against the stacked weights seen as one matrix
+    (equation,) = [e for e in jax.make_jaxpr(jax.vmap(input_field, (None, 0)))(x, ws).eqns]
+    products = [e for e in equation.params["call_jaxpr"].eqns if e.primitive.name == "dot_general"]
+    assert [e.params["dimension_numbers"][1] for e in products] == [((0,), (0,))]
+    # derivatives in both modes, also under vmap, equal those of x @ w
+    loss = lambda product: lambda x, w: jnp.sum(jnp.sin(product(x, w)))
+    for argnums in (0, 1):
+        chex.assert_trees_all_close(jax.vmap(jax.grad(loss(input_field), argnums), (None, 0))(x, ws),
+                                    jax.vmap(jax.grad(loss(jnp.matmul), argnums), (None, 0))(x, ws), rtol=1e-12)
+    tangents = (0.3 * x, 2.0 * ws[0])
+    np.testing.assert_allclose(jax.jvp(input_field, (x, ws[0]), tangents)[1],
+                               jax.jvp(jnp.matmul, (x, ws[0]), tangents)[1], rtol=1e-12)
+
+
 SHARDED = textwrap.dedent("""
     import json, sys
     import jax

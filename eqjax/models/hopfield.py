@@ -22,11 +22,13 @@ Energies (one example, ``s_0 = x``, ``rho`` applied to free units only)::
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.custom_derivatives import SymbolicZero
 
 from eqjax.models._layered import Layered, checked_sizes
 from eqjax.models.base import default_float
@@ -113,7 +115,7 @@ class Hopfield(Layered):
         (the largest product, independent of the state, so computed once for all steps and phases)
         and the parameters in the layout the relaxation's products prefer (see :func:`product_layout`).
         """
-        return {"params": product_layout(params), "drive": x @ params["weights"][0]}
+        return {"params": product_layout(params), "drive": input_field(x, params["weights"][0])}
 
     def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
         """The batch's summed energy from :meth:`prepare`'s input field and weight layout."""
@@ -167,6 +169,56 @@ class Hopfield(Layered):
     def output(self, state: tuple) -> jax.Array:
         """Output units of one example (the last layer), shape ``(n_L,)``."""
         return state[-1]
+
+
+def _input_field_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    return x @ w
+
+
+@jax.custom_batching.custom_vmap
+def _batched_input_field(x, w):
+    return _input_field_product(x, w)
+
+
+@_batched_input_field.def_vmap
+def _input_field_vmap(axis_size: int, in_batched: list, x: jax.Array, w: jax.Array):
+    """Batching rule: with the weights batched (e.g. the members of a sweep, each with its own
+    ``W_1``, sharing one input batch), a batched product ``x_m W_m`` over the member axis, the input
+    broadcast to ``(members, B, n_0)``: every member's ``W_1`` ``(n_0, n_1)`` is read in place.
+    JAX's default rule would contract the unbatched ``x`` against the stacked ``(members, n_0, n_1)``
+    weights as one product ``(B, n_0) x (n_0, members * n_1)``, for which XLA:CPU first copies the
+    stacked weights into that layout (``members * n_0 * n_1`` floats moved per call). Measured on
+    the 2-core CPU, 16 DHN-1H members (``benchmarks/sweep.py``'s grid) vmapped, 30 batches: this rule
+    takes 0.70 of the time of the default one; the input field alone for 16 members, 4.6 ms
+    against 23 ms."""
+    x_batched, w_batched = in_batched
+    if not w_batched:  # only the input is batched: one product over all rows, as jnp would do
+        return _input_field_product(x, w), True
+    if not x_batched:
+        x = jnp.broadcast_to(x, (axis_size,) + x.shape)
+    rows = x.reshape(axis_size, -1, x.shape[-1])  # (members, rows, n_0)
+    return jnp.matmul(rows, w).reshape(x.shape[:-1] + w.shape[-1:]), True
+
+
+@jax.custom_jvp
+def input_field(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The input field ``x W_1``: ``x`` ``(..., n_0)``, ``w`` ``(n_0, n_1)`` -> ``(..., n_1)``.
+
+    The same product as ``x @ w``, with a batching rule for ``jax.vmap`` over the weights (sweeps:
+    the members' ``W_1`` stacked, the input shared) that keeps each member's ``W_1`` in its layout
+    (see :func:`_input_field_vmap`). Differentiable in both arguments, forward and reverse mode
+    (the derivative is written with plain products, so it transposes as usual).
+    """
+    return _batched_input_field(x, w)
+
+
+@functools.partial(input_field.defjvp, symbolic_zeros=True)
+def _input_field_jvp(primals, tangents):
+    (x, w), (tx, tw) = primals, tangents
+    out = input_field(x, w)
+    parts = [_input_field_product(t, w) for t in (tx,) if not isinstance(t, SymbolicZero)]
+    parts += [_input_field_product(x, t) for t in (tw,) if not isinstance(t, SymbolicZero)]
+    return out, sum(parts) if parts else jnp.zeros_like(out)
 
 
 def product_layout(params: dict) -> dict:
