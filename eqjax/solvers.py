@@ -190,3 +190,250 @@ class BlockCoordinate(Solver):
                 state = _layer_newton_step(F, state, group, bounds)
         return state, solver_state
 
+
+
+class Langevin(Solver):
+    """Noisy projected gradient steps (overdamped Langevin dynamics, Euler-Maruyama):
+
+    ``s <- clip(s - step_size * dF/ds + sqrt(2 * step_size * T_k) * xi, lo, hi)``,
+    ``T_k = temperature * anneal**k`` at step ``k = 0, 1, ...``, ``xi`` standard normal, drawn
+    independently per unit and per example.
+
+    For a small step size and a fixed ``T`` the states sample ``p(s) ~ exp(-F(s) / T)`` (Roberts &
+    Tweedie 1996) away from the box's faces (clipping puts the mass that would leave the box on its
+    faces); on ``F = c/2 s^2`` without a box the chain's stationary variance is exactly
+    ``T / (c (1 - step_size c / 2))``. With ``anneal < 1`` the temperature decays geometrically
+    (simulated annealing, Kirkpatrick et al. 1983), for Ising-like annealing and noise-robustness
+    studies of EP. At ``temperature = 0`` every step equals :class:`GradientDescent`'s.
+
+    The PRNG key is a required argument of :meth:`init` (``eqjax.relax(..., key=key)``, or the
+    key a training step receives); the solver state carries ``(key, k)`` through the loop, so a
+    run is reproducible from its key and the states visited do not depend on ``check_every``.
+
+    Complex states (a complex nudge on an unbounded model, holomorphic EP) follow the holomorphic
+    gradient as in :class:`GradientDescent`, and the noise is real: it perturbs the physical
+    (real) coordinates of the state, not the imaginary parts that holomorphic EP adds.
+
+    Convergence is reported as for every solver: at ``T_k > 0`` a step rarely moves less than
+    ``tol``, so runs usually end with ``RESULTS.MAX_STEPS``; with annealing they can converge.
+    ``step_size``, ``temperature``, ``anneal`` and ``tol`` are traced (vmap over them, no
+    recompiles); ``max_steps`` and ``check_every`` static.
+    """
+
+    step_size: float = 0.5
+    temperature: float = 1e-3
+    anneal: float = 1.0
+    tol: float = 1e-4
+    max_steps: int = struct.field(pytree_node=False, default=100)
+    check_every: int = struct.field(pytree_node=False, default=1)
+
+    def errors(self) -> dict:
+        size, temperature, anneal = (jnp.asarray(v) for v in (self.step_size, self.temperature, self.anneal))
+        return {**super().errors(),
+                f"step_size must be a positive finite number{shown(self.step_size)}":
+                    ~((size > 0) & jnp.isfinite(size)),
+                f"temperature must be a finite number >= 0{shown(self.temperature)}":
+                    ~((temperature >= 0) & jnp.isfinite(temperature)),
+                f"anneal must be in (0, 1]{shown(self.anneal)}": ~((anneal > 0) & (anneal <= 1))}
+
+    def init(self, F, state0, bounds, key):
+        """``(key, k)``: the PRNG key the noise is drawn from and the step counter (int32, 0)."""
+        if key is None:
+            raise ValueError("Langevin draws noise: it needs a PRNG key (pass key=jax.random.key(...) to "
+                             "eqjax.relax / eqjax.gradients / a training step)")
+        return key, jnp.zeros((), jnp.int32)
+
+    def temperature_at(self, k) -> jax.Array:
+        """``T_k = temperature * anneal**k`` for the step index ``k`` (traced)."""
+        return self.temperature * jnp.power(self.anneal, jnp.asarray(k, jnp.result_type(float)))
+
+    def step(self, F, state, solver_state, bounds):
+        key, k = solver_state
+        key, draw = jax.random.split(key)
+        grad = _state_gradient(F, state)
+        drift = tuple(s - self.step_size * g for s, g in zip(state, grad))
+        scale = jnp.sqrt(2 * self.step_size * self.temperature_at(k))
+        noise_keys = jax.random.split(draw, len(drift))
+        noisy = tuple(
+            d + (scale * jax.random.normal(nk, d.shape, jnp.real(d).dtype)).astype(d.dtype)
+            for d, nk in zip(drift, noise_keys)
+        )
+        return project(noisy, bounds), (key, k + 1)
+
+
+def _rows(tree) -> list:
+    """Each leaf of a batched pytree as ``(B, n_leaf)`` (a reshape, no copy)."""
+    return [s.reshape(s.shape[0], -1) for s in jax.tree.leaves(tree)]
+
+
+class AndersonState(struct.PyTreeNode):
+    """Anderson's carried state (``B`` examples, ``m = history``; per state leaf ``l`` its
+    ``n_l`` units per example, so the lists below have one array per leaf).
+
+    Attributes:
+      base: the base solver's own state.
+      dg, df: ``[(B, m, n_l)]`` rings of the last ``m`` differences ``dx + mixing * df``, with
+        ``dx = x_{i+1} - x_i`` the iterates' and ``df = f_{i+1} - f_i`` their residuals' (``f = G(x)
+        - x``); ``position`` is the ring column written next.
+      gram: ``(B, m, m)`` the inner products ``df_i . df_j`` over all leaves (one row updated per step).
+      count: ``(B,)`` int32, how many of the newest columns are valid (0 after a restart).
+      position: int32 scalar, the ring column written next (shared: all examples append together).
+      x, f: ``[(B, n_l)]`` the previous iterate and its residual.
+      started: bool scalar, ``x, f`` hold an iterate (false before the first step).
+      accepted: ``(B,)`` bool, the last step took the extrapolation (diagnostics).
+    """
+
+    base: Any
+    dg: list
+    df: list
+    gram: jax.Array
+    count: jax.Array
+    position: jax.Array
+    x: list
+    f: list
+    started: jax.Array
+    accepted: jax.Array
+
+
+def _solve_positive_definite(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``matrix^{-1} rhs`` for a batch of small symmetric positive definite systems, ``(B, m, m)``
+    and ``(B, m)``: Gauss-Jordan elimination without pivoting (stable for such matrices), one
+    fused update of the augmented ``(B, m, m + 1)`` matrix per pivot, unrolled over the static
+    ``m`` (for ``m <= 10`` a batched LAPACK call costs more than the arithmetic)."""
+    m = matrix.shape[-1]
+    augmented = jnp.concatenate([matrix, rhs[:, :, None]], axis=2)
+    for k in range(m):
+        pivot_row = augmented[:, k, :] / augmented[:, k, k][:, None]
+        eliminated = augmented - augmented[:, :, k][:, :, None] * pivot_row[:, None, :]
+        augmented = jnp.where((jnp.arange(m) == k)[None, :, None], pivot_row[:, None, :], eliminated)
+    return augmented[:, :, m]
+
+
+class Anderson(Solver):
+    """Anderson acceleration (type II, Walker & Ni 2011) of another solver's update map, with an
+    energy safeguard.
+
+    The base solver's step ``G`` (by default a :class:`BlockCoordinate` sweep) is a fixed-point
+    map whose fixed point is the equilibrium. Per example, with the residual ``f_k = G(x_k) - x_k``
+    and the last ``m`` differences ``dX`` (of iterates) and ``dF`` (of residuals), both ``(n, m)``:
+
+    ``gamma = argmin |f_k - dF gamma|^2 + lam |gamma|^2``, with ``lam = regularization *
+    mean(diag(dF^T dF))`` (a ridge relative to the columns' scale), and the extrapolation
+
+    ``a_k = clip(x_k + mixing * f_k - (dX + mixing * dF) gamma, lo, hi)``
+
+    (``mixing = 1``: ``G(x_k) - dG gamma``). Each example solves its own ``m x m`` system:
+    examples never interact, so the loop's freezing of non-finite examples works as for any solver.
+
+    Safeguard (per example): the extrapolation is taken only when its energy is not above the
+    plain update's, ``F(a_k) <= F(G(x_k))``; otherwise the step is the plain update ``G(x_k)``.
+    The energy difference is ``dF/ds((a_k + G(x_k)) / 2) . (a_k - G(x_k))`` (the midpoint rule:
+    exact for energies quadratic in the state, such as the bilinear Hopfield energy with a
+    quadratic cost; accurate to third order otherwise), one more gradient of ``F`` per step.
+    So every step lowers the energy at least as much as the base map from the same state does:
+    for a base map that descends ``F`` (block-coordinate descent, small gradient steps) the
+    relaxation converges like it or faster, never wandering off (a residual-based test does not
+    guarantee this on non-convex energies). A rejected extrapolation clears the example's history.
+
+    Stopping means the same as for the base map: when ``max|f_k| < tol``, or when the
+    extrapolation would move less than ``tol`` (``max`` over the units), the plain update
+    ``G(x_k)`` is taken. So a step smaller than ``tol``, which stops the loop, is always a plain
+    step with ``max|G(x_k) - x_k| < tol``, the test :class:`BlockCoordinate` passes.
+
+    One step is one base step (e.g. one sweep) plus one gradient of ``F`` and ``O(m n)`` per example.
+    ``base`` is a pytree field (its traced leaves stay traced); its ``tol``, ``max_steps`` and
+    ``check_every`` are ignored (Anderson's own count the steps). ``history`` is static (>= 1);
+    ``mixing`` (in (0, 1]), ``regularization`` (>= 0) and ``tol`` are traced. Real states only (the
+    safeguard compares real energies; relax complex states with :class:`GradientDescent`).
+    """
+
+    base: Solver = BlockCoordinate()
+    history: int = struct.field(pytree_node=False, default=5)
+    mixing: float = 1.0
+    regularization: float = 1e-6
+    tol: float = 1e-4
+    max_steps: int = struct.field(pytree_node=False, default=15)
+    check_every: int = struct.field(pytree_node=False, default=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        m = self.history
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+            raise ValueError(f"history must be a positive int, got {m!r}")
+        if not isinstance(self.base, Solver):
+            raise TypeError(f"base must be an eqjax.solvers.Solver, got {type(self.base).__name__}")
+
+    def errors(self) -> dict:
+        mixing, reg = jnp.asarray(self.mixing), jnp.asarray(self.regularization)
+        own = {**super().errors(),
+               f"mixing must be in (0, 1]{shown(self.mixing)}": ~((mixing > 0) & (mixing <= 1)),
+               f"regularization must be a finite number >= 0{shown(self.regularization)}":
+                   ~((reg >= 0) & jnp.isfinite(reg))}
+        base = {f"Anderson's base solver: {message}": violated
+                for message, violated in self.base.errors().items()}
+        return {**own, **base}
+
+    def init(self, F, state0, bounds, key) -> AndersonState:
+        """Empty history; the base solver's state from its own ``init`` (``key`` passed on)."""
+        if any(jnp.iscomplexobj(s) for s in jax.tree.leaves(state0)):
+            raise TypeError("Anderson works on real states (its safeguard compares energies); relax complex "
+                            "states with GradientDescent")
+        flat, m = _rows(state0), self.history
+        batch, dtype = flat[0].shape[0], flat[0].dtype
+        ring = [jnp.zeros((batch, m, u.shape[1]), u.dtype) for u in flat]
+        return AndersonState(base=self.base.init(F, state0, bounds, key), dg=ring, df=ring,
+                             gram=jnp.zeros((batch, m, m), dtype), count=jnp.zeros((batch,), jnp.int32),
+                             position=jnp.zeros((), jnp.int32), x=flat, f=[jnp.zeros_like(u) for u in flat],
+                             started=jnp.zeros((), bool), accepted=jnp.zeros((batch,), bool))
+
+    def coefficients(self, gram: jax.Array, valid: jax.Array, rhs: jax.Array) -> jax.Array:
+        """``gamma`` ``(B, m)``: the ridge least-squares coefficients from the Gram matrix
+        ``dF^T dF`` ``(B, m, m)`` and ``dF^T f`` ``(B, m)`` over the ``valid`` columns ``(B, m)``;
+        zero on the others."""
+        m = self.history
+        diagonal = jnp.diagonal(gram, axis1=1, axis2=2)
+        count = jnp.sum(valid, axis=1)
+        scale = jnp.sum(jnp.where(valid, diagonal, 0), axis=1) / jnp.maximum(count, 1)
+        ridge = self.regularization * scale + jnp.finfo(gram.dtype).tiny
+        system = jnp.where(valid[:, :, None] & valid[:, None, :], gram, 0)
+        system = system + jnp.where(valid, ridge[:, None], 1.0)[:, :, None] * jnp.eye(m, dtype=gram.dtype)
+        return jnp.where(valid, _solve_positive_definite(system, jnp.where(valid, rhs, 0)), 0)
+
+    def step(self, F, state, solver_state: AndersonState, bounds):
+        previous, m, p = solver_state, self.history, solver_state.position
+        g_state, base_state = self.base.step(F, state, previous.base, bounds)
+        leaves, treedef = jax.tree.flatten(state)
+        x = _rows(state)
+        g = [u.astype(v.dtype) for u, v in zip(_rows(g_state), x)]
+        f = [u - v for u, v in zip(g, x)]
+        # The newest secant pair (x_prev -> x) goes into ring column p (a placeholder at the first
+        # step). Contractions are einsums: XLA's CPU dot kernels beat broadcast-multiply-reduce here.
+        dot = lambda ring, vectors: sum(jnp.einsum("bin,bn->bi", r, v) for r, v in zip(ring, vectors))
+        newest = [u - v for u, v in zip(f, previous.f)]
+        dg = [jax.lax.dynamic_update_index_in_dim(r, u - v + self.mixing * w, p, axis=1)
+              for r, u, v, w in zip(previous.dg, x, previous.x, newest)]
+        df = [jax.lax.dynamic_update_index_in_dim(r, u, p, axis=1) for r, u in zip(previous.df, newest)]
+        row = dot(df, newest)  # (B, m): df_j . df_p
+        is_p = jnp.arange(m) == p
+        gram = jnp.where(is_p[None, :, None], row[:, None, :], previous.gram)
+        gram = jnp.where(is_p[None, None, :], row[:, :, None], gram)
+        count = jnp.where(previous.started, jnp.minimum(previous.count + 1, m), 0)
+        valid = jnp.mod(p - jnp.arange(m), m)[None, :] < count[:, None]  # the newest `count` columns
+        gamma = self.coefficients(gram, valid, dot(df, f))
+        combined = [u - (1 - self.mixing) * v - jnp.einsum("bi,bin->bn", gamma, r) for u, v, r in zip(g, f, dg)]
+        a_state = project(jax.tree.unflatten(treedef, [c.reshape(l.shape) for c, l in zip(combined, leaves)]),
+                          bounds)
+        a = _rows(a_state)
+        # safeguard: F(a) - F(g) per example by the midpoint rule
+        midpoint = jax.tree.map(lambda u, v: (u + v) / 2, a_state, g_state)
+        slope = _rows(_state_gradient(F, midpoint))
+        rise = sum(jnp.sum(d * (u - v), axis=1) for d, u, v in zip(slope, a, g))
+        largest = lambda vectors: jnp.max(jnp.stack([jnp.max(jnp.abs(v), axis=1) for v in vectors]), axis=0)
+        move = largest([u - v for u, v in zip(a, x)])
+        accept = ((count > 0) & (rise <= 0) & jnp.all(jnp.isfinite(gamma), axis=1)
+                  & (largest(f) >= self.tol) & (move >= self.tol))
+        new = AndersonState(base=base_state, dg=dg, df=df, gram=gram,
+                            count=jnp.where(accept | (count == 0), count, 0), position=jnp.mod(p + 1, m),
+                            x=x, f=f, started=jnp.ones((), bool), accepted=accept)
+        chosen = [jnp.where(accept[:, None], u, v).reshape(l.shape) for u, v, l in zip(a, g, leaves)]
+        return jax.tree.unflatten(treedef, chosen), new

@@ -15,7 +15,7 @@ from eqjax.models.hopfield import ENERGIES
 # absent (a default applies) and can still be set with `--set`.
 OPTIONAL = ("estimator", "eta", "num_phases", "init_scheme", "linear_output", "nudged_steps", "eval_steps",
             "warm_start", "persistent", "random_sign", "check_every", "history", "mixing", "temperature",
-            "anneal")
+            "anneal", "step_size")
 CONFIGS = {
     # Scellier et al. 2023/2024 deep Hopfield networks, with the settings of their code: hard-
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
