@@ -65,6 +65,18 @@ CONFIGS = {
                  solver="block_coordinate", tol=1e-4, free_steps=15, beta=0.2,
                  variant="centered", batch_size=16, learning_rate=0.05, decay=0.99,
                  warm_start=True),
+    # Convolutional Hopfield networks (eqjax.models.conv; sizes = input features, channels of the
+    # num_conv conv layers, dense layers, outputs): hard-sigmoid units in [0, 1], 2x2 max pooling,
+    # linear output units in the energy with a cross-entropy cost, centered EP, block-coordinate
+    # relaxation (with max pooling a fixed-point step per layer that never raises the energy, see
+    # eqjax/models/conv.py). conv-fmnist is sized for a 2-core CPU: 28x28 input, 5x5 conv 32 ->
+    # pool 12x12, 3x3 conv 64 -> pool 5x5, 10 outputs; Adam.
+    "conv-fmnist": dict(family="conv", sizes=[784, 32, 64, 10], num_conv=2, image_shape=[28, 28, 1],
+                        kernel=[5, 3], padding=0, pooling="max", readout="hopfield", linear_output=True,
+                        gain=1.0, init_scheme="kaiming", cost="cross_entropy", solver="block_coordinate",
+                        tol=1e-4, free_steps=20, nudged_steps=10, check_every=5, eval_steps=40, beta=0.5,
+                        variant="centered", batch_size=32, optimizer="adam", learning_rate=1e-3, decay=0.95,
+                        warm_start=False),
 }
 
 
@@ -112,11 +124,32 @@ RULES = {
 }
 
 
+def conv_model(config: dict):
+    """The :func:`eqjax.models.conv_hopfield` of a ``family="conv"`` config (``ValueError`` naming a
+    bad entry): ``sizes`` lists the input features, the channels of the ``num_conv`` conv layers,
+    the dense hidden layers and the outputs; the input features must be those of ``image_shape``."""
+    sizes, count = config["sizes"], config["num_conv"]
+    if not isinstance(count, int) or not 1 <= count <= len(sizes) - 2:
+        raise ValueError(f"num_conv must be an int in [1, {len(sizes) - 2}] (sizes = {sizes}), got {count!r}")
+    if sizes[0] != math.prod(config["image_shape"]):
+        raise ValueError(f"sizes[0] must be the input features of image_shape {config['image_shape']}, got {sizes[0]}")
+    return eqjax.models.conv_hopfield(
+        tuple(config["image_shape"]), tuple(sizes[1:1 + count]), num_classes=sizes[-1],
+        kernel=config["kernel"] if isinstance(config["kernel"], int) else tuple(config["kernel"]),
+        padding=config["padding"] if isinstance(config["padding"], int) else tuple(config["padding"]),
+        pooling=config["pooling"] if isinstance(config["pooling"], str) else tuple(config["pooling"]),
+        dense=tuple(sizes[1 + count:-1]), readout=config["readout"], gain=config["gain"],
+        output_bounds=(-jnp.inf, jnp.inf) if config.get("linear_output", False) else None,
+        init_scheme=config.get("init_scheme", "kaiming"))
+
+
 def validate(config: dict) -> None:
     """``ValueError`` naming the first config entry that is not of its kind (see ``RULES``)."""
     for name, (test, what) in RULES.items():
         if name in config and not test(config[name]):
             raise ValueError(f"{name} must be {what}, got {config[name]!r}")
+    if config.get("family") == "conv":
+        conv_model(config)  # the architecture's entries, checked by the model's builder
     if isinstance(config.get("learning_rate"), list) and len(config["learning_rate"]) != len(config["sizes"]) - 1:
         raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got "
                          f"{config['learning_rate']}")
@@ -127,7 +160,9 @@ def validate(config: dict) -> None:
 def build(config: dict):
     """``(model, cost, solver, estimator, optimizer)`` for a config and a number of batches per
     epoch (``config["batches_per_epoch"]``, used by the per-epoch learning-rate decay)."""
-    if config.get("family") == "resistive":
+    if config.get("family") == "conv":
+        model = conv_model(config)
+    elif config.get("family") == "resistive":
         model = eqjax.models.resistive(tuple(config["sizes"]), input_gain=config["input_gain"],
                                        bias=config["bias"], init_scheme=config["init_scheme"])
     else:
@@ -161,6 +196,8 @@ def chunk_function(config: dict, model, cost, optimizer):
 def initial_state(config: dict, model, num_examples: int) -> tuple:
     """Zero carried state: one row per example for persistent particles, else one batch."""
     rows = num_examples if config.get("persistent", False) else config["batch_size"]
+    if config.get("family") == "conv":
+        return tuple(jnp.zeros((rows, *shape), jnp.float32) for shape in model.layer_shapes)
     return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
 
 
@@ -209,12 +246,13 @@ def make_solver(config: dict, max_steps: int):
 
 
 def make_optimizer(config: dict) -> optax.GradientTransformation:
-    """SGD with a per-epoch exponential decay; a list of rates gives one rate per layer (the biases
+    """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay; a list of rates gives one rate per layer (the biases
     of layer l use the rate of the weights below them, as in Scellier & Bengio 2017). Resistive
     networks: SGD or Adam followed by clipping the conductances at zero."""
 
     def sgd(rate):
-        return optax.sgd(optax.exponential_decay(
+        rule = optax.adam if config.get("optimizer") == "adam" else optax.sgd
+        return rule(optax.exponential_decay(
             rate, transition_steps=config["batches_per_epoch"], decay_rate=config["decay"], staircase=True))
 
     rates = config["learning_rate"]

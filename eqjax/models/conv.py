@@ -1,0 +1,331 @@
+"""Convolutional Hopfield energies (Ernoult et al. 2019; Laborieux et al. 2021; Scellier et al. 2023).
+
+A network has an input image (``(H, W, C)``, clamped; the model takes it flattened in row-major
+order, ``x`` of shape ``(H * W * C,)``, like every data path of eqjax), ``K`` convolutional layers, ``M``
+dense hidden layers and an output layer of ``num_classes`` units. The state of one example is the
+tuple ``(s_1, ..., s_K, d_1, ..., d_M, o)``: ``s_k`` a feature map ``(H_k, W_k, C_k)`` (NHWC per
+example, after pooling), ``d_m`` a vector, ``o`` the output units.
+
+Energy of one example (``s_0 = x``; ``P_k`` the pooling of layer ``k``; ``*`` the convolution
+``jax.lax.conv_general_dilated`` with stride 1 and padding ``p_k``; ``flat`` flattens a map)::
+
+    E = 1/2 sum_{hidden} ||s||^2
+        - sum_k  s_k . P_k(W_k * s_{k-1})  - sum_k  b_k . s_k      (b_k per channel, summed over space)
+        - sum_m  d_m . (d_{m-1} W) - b . d_m                        (d_0 = flat(s_K))
+        + E_out(o, d_M)
+
+(Laborieux et al. 2021, eq. 8, written as an energy: their primitive function ``Phi`` is
+``-E + 1/2 ||s||^2``.) Hidden units are boxed in ``[0, 1]``: the hard-sigmoid ``clip(s, 0, 1)`` of
+the references equals ``s`` on the box, so the activation is the box itself (as for the bilinear
+deep Hopfield network, :mod:`eqjax.models.hopfield`). The readout ``E_out`` is
+
+- ``readout="hopfield"``: ``1/2 ||o||^2 - o . (d_M W_o + b_o)``, output units in the energy like
+  any layer (boxed by ``output_bounds``, default ``[0, 1]``; use with the squared-error cost);
+- ``readout="projection"``: ``1/2 ||o - (d_M W_o + b_o)||^2``, unbounded ``o``. At the free
+  equilibrium ``o = d_M W_o + b_o`` exactly and the output feeds nothing back into the network:
+  the output is removed from the energy as in Laborieux et al. 2021's cross-entropy readout, and
+  the loss ``C(d_M W_o + b_o, y)`` is theirs. In a nudged phase, minimising over ``o`` leaves
+  ``E + M_beta(d_M W_o + b_o)`` with ``M_beta`` the Moreau envelope of ``beta C``, which equals
+  ``beta C - beta^2/2 ||dC||^2 + O(beta^3)``: EP's estimate tends to the same loss gradient
+  (one-sided bias O(beta), centered O(beta^2), as usual), and for ``W_o`` the centered estimate is
+  the mean of ``dC/dW_o`` at the two nudged states, Laborieux et al.'s readout update. It keeps
+  the eqjax contract (the cost sees ``output(state)``, a function of the state alone).
+
+Pooling (static per layer, non-overlapping ``pool_size`` windows, trailing rows/columns that do not
+fill a window are dropped, as ``MaxPool2d(2, 2)``): ``"max"`` (Laborieux et al. 2021, Scellier et
+al. 2023), ``"avg"`` or ``"none"``. Ties in a max window share the derivative equally.
+
+Relaxation:
+
+- :class:`~eqjax.solvers.GradientDescent` works for every configuration.
+- :class:`~eqjax.solvers.BlockCoordinate` (even then odd layers, diagonal Newton step). Layers
+  interact only with their neighbours, so the even (odd) layers are mutually independent. With
+  ``"avg"`` or ``"none"`` pooling and the hopfield readout the energy is quadratic in each layer
+  with unit curvature and no intra-layer coupling: each half-sweep is the exact block minimum
+  (as for DHN). With ``"max"`` pooling it is not: ``s_{k-1} -> -s_k . max-pool(W_k * s_{k-1})`` is
+  concave in ``s_{k-1}`` (a maximum of linear functions weighted by ``s_k >= 0``), so ``E`` is a
+  difference of convex functions in ``s_{k-1}``, and the block step (curvature 1, since max
+  pooling has zero second derivative almost everywhere) is the concave-convex procedure step
+  ``s_{k-1} <- clip(field at the current argmax pattern)``, Laborieux et al.'s fixed-point update:
+  it minimises a convex majorant, so the energy never increases, but one step is not the block
+  minimum (the argmax pattern may change); the sweeps still converge to an equilibrium, more
+  slowly than exact block minima (tests/test_conv.py; about 80 sweeps to reach 1e-4 on the
+  conv-fmnist net after two small epochs, while its prediction is stable after about 5).
+- The projection readout adds ``1/2 ||d_M W_o||^2``, an intra-layer coupling of ``d_M``: its block
+  step is a Jacobi step (curvature ``1 + diag(W_o W_o^T)``) that raises the energy once
+  ``W_o W_o^T`` has eigenvalues above about 1 (seen after one epoch on Fashion-MNIST: the sweeps
+  oscillate). Relax it with gradient descent (step below ``1 / L``), or use the hopfield readout
+  with linear outputs (``output_bounds=(-inf, inf)``) and a cross-entropy cost, whose block steps
+  stay exact.
+
+Parameters: ``{"weights": (W_1, .., W_K, V_1, .., V_M, W_o), "biases": (b_1, .., b_K, c_1, ..,
+c_M, b_o)}`` with ``W_k`` ``(kernel_k, kernel_k, C_{k-1}, C_k)`` (HWIO), ``V_m`` ``(n_{m-1}, n_m)``,
+``W_o`` ``(n_M, num_classes)``; one entry per layer in both tuples, like
+:class:`~eqjax.models.Hopfield`, so per-layer learning rates apply unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from eqjax.models.base import EnergyModel, default_float
+
+POOLS = ("max", "avg", "none")
+READOUTS = ("hopfield", "projection")
+INITS = ("glorot", "kaiming")
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 convolution of a batch of maps ``a`` ``(B, H, W, C_in)`` with ``w`` ``(k, k, C_in,
+    C_out)`` and ``padding`` zeros on each side: ``(B, H + 2p - k + 1, W + 2p - k + 1, C_out)``.
+    A cross-correlation, as in every deep learning library."""
+    return jax.lax.conv_general_dilated(a, w.astype(a.dtype), (1, 1), [(padding, padding)] * 2,
+                                        dimension_numbers=_DIMENSIONS)
+
+
+def pool(a: jax.Array, kind: str, size: int) -> jax.Array:
+    """Non-overlapping ``size x size`` pooling of ``a`` ``(B, H, W, C)`` (``kind`` static: ``"max"``,
+    ``"avg"`` or ``"none"``): ``(B, H // size, W // size, C)``, trailing rows and columns dropped.
+    Written as a reshape and a reduction; the derivative of ``"max"`` splits ties equally."""
+    if kind == "none" or size == 1:
+        return a
+    batch, height, width, channels = a.shape
+    h, w = height // size, width // size
+    windows = a[:, : h * size, : w * size].reshape(batch, h, size, w, size, channels)
+    return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-example inner product over every axis but the first: ``(B, ...) x (B, ...) -> (B,)``."""
+    return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
+
+
+def _flat(a: jax.Array) -> jax.Array:
+    return a.reshape(a.shape[0], -1)
+
+
+class ConvHopfield(EnergyModel):
+    """A convolutional Hopfield energy model (see the module docstring). Build it with
+    :func:`conv_hopfield`. Every field is static; the model holds no arrays."""
+
+    image_shape: tuple[int, int, int] = struct.field(pytree_node=False)
+    channels: tuple[int, ...] = struct.field(pytree_node=False)
+    kernels: tuple[int, ...] = struct.field(pytree_node=False)
+    paddings: tuple[int, ...] = struct.field(pytree_node=False)
+    pools: tuple[str, ...] = struct.field(pytree_node=False)
+    pool_size: int = struct.field(pytree_node=False, default=2)
+    dense: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    num_classes: int = struct.field(pytree_node=False, default=10)
+    readout: str = struct.field(pytree_node=False, default="hopfield")
+    output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
+    gain: float = struct.field(pytree_node=False, default=1.0)
+    init_scheme: str = struct.field(pytree_node=False, default="kaiming")
+
+    # --- shapes -----------------------------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """``(H * W * C,)``: one image flattened in row-major (height, width, channel) order."""
+        return (math.prod(self.image_shape),)
+
+    def images(self, x: jax.Array) -> jax.Array:
+        """A batch of flat inputs ``(B, H * W * C)`` as images ``(B, H, W, C)``."""
+        return x.reshape(x.shape[0], *self.image_shape)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    @property
+    def num_conv(self) -> int:
+        return len(self.channels)
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-example shape of every state leaf: the pooled maps, the dense layers, the output."""
+        return layer_shapes(self.image_shape, self.channels, self.kernels, self.paddings, self.pools,
+                            self.pool_size, self.dense, self.num_classes)
+
+    @property
+    def bounds(self) -> tuple:
+        """``(0, 1)`` for hidden layers; the output's box: ``output_bounds`` (default ``(0, 1)``) for
+        the hopfield readout, ``(-inf, inf)`` for the projection readout."""
+        hidden = tuple((0.0, 1.0) for _ in self.layer_shapes[:-1])
+        if self.readout == "projection":
+            return hidden + ((-math.inf, math.inf),)
+        return hidden + (self.output_bounds or (0.0, 1.0),)
+
+    # --- parameters and states --------------------------------------------------------------------
+
+    def init(self, key: jax.Array, dtype=None) -> dict:
+        """Weights ``U(-a, a)``, zero biases. ``init_scheme="kaiming"``: ``a = gain / sqrt(fan_in)``
+        (fan-in ``k * k * C_in`` for a convolution; PyTorch's default range for ``gain = 1``, used by
+        Laborieux et al.'s code); ``"glorot"``: ``a = gain * sqrt(6 / (fan_in + fan_out))``.
+        ``dtype`` defaults to JAX's default float."""
+        dtype = default_float() if dtype is None else dtype
+        shapes = self.weight_shapes
+        keys = jax.random.split(key, len(shapes))
+        weights, biases = [], []
+        for k, shape in zip(keys, shapes):
+            fan_in = math.prod(shape[:-1])
+            fan_out = shape[-1] * math.prod(shape[:-2])  # k * k * C_out for a convolution
+            if self.init_scheme == "kaiming":
+                limit = self.gain / math.sqrt(fan_in)
+            else:
+                limit = self.gain * math.sqrt(6.0 / (fan_in + fan_out))
+            weights.append(jax.random.uniform(k, shape, dtype, -limit, limit))
+            biases.append(jnp.zeros((shape[-1],), dtype))
+        return {"weights": tuple(weights), "biases": tuple(biases)}
+
+    @property
+    def weight_shapes(self) -> tuple[tuple[int, ...], ...]:
+        shapes, c_in = [], self.image_shape[2]
+        for c, k in zip(self.channels, self.kernels):
+            shapes.append((k, k, c_in, c))
+            c_in = c
+        n_in = math.prod(self.layer_shapes[self.num_conv - 1])
+        for n in (*self.dense, self.num_classes):
+            shapes.append((n_in, n))
+            n_in = n
+        return tuple(shapes)
+
+    def init_state(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        """All-zero state for one flat image ``x``, in ``x``'s dtype."""
+        return tuple(jnp.zeros(shape, x.dtype) for shape in self.layer_shapes)
+
+    # --- energy -----------------------------------------------------------------------------------
+
+    def input_field(self, params: dict, x: jax.Array) -> jax.Array:
+        """``P_1(W_1 * x)`` for a batch of flat images ``x`` ``(B, H * W * C)``: the first layer's
+        input field ``(B, H_1, W_1, C_1)``, independent of the state."""
+        return pool(conv(self.images(x), params["weights"][0], self.paddings[0]), self.pools[0], self.pool_size)
+
+    def internal_energies(self, params: dict, states: tuple) -> jax.Array:
+        """Per-example energies ``(B,)`` of batched ``states``, without the input term
+        ``-s_1 . P_1(W_1 * x)``."""
+        weights, biases, K = params["weights"], params["biases"], self.num_conv
+        hidden = states[:-1]
+        energy = sum(0.5 * _dot(s, s) for s in hidden)
+        for k in range(K):
+            s = states[k]
+            energy = energy - _dot(s, jnp.broadcast_to(biases[k].astype(s.dtype), s.shape))
+            if k > 0:
+                field = pool(conv(states[k - 1], weights[k], self.paddings[k]), self.pools[k], self.pool_size)
+                energy = energy - _dot(s, field)
+        below = _flat(states[K - 1])
+        for m in range(len(self.dense)):
+            d = states[K + m]
+            energy = energy - _dot(d, below @ weights[K + m].astype(d.dtype) + biases[K + m].astype(d.dtype))
+            below = d
+        o = states[-1]
+        drive = below @ weights[-1].astype(o.dtype) + biases[-1].astype(o.dtype)
+        if self.readout == "projection":
+            return energy + 0.5 * _dot(o - drive, o - drive)
+        return energy + 0.5 * _dot(o, o) - _dot(o, drive)
+
+    def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
+        """Internal energy of one example (``x`` ``(H * W * C,)``); a scalar."""
+        states, x = tuple(s[None] for s in state), x[None]
+        return (self.internal_energies(params, states) - _dot(states[0], self.input_field(params, x)))[0]
+
+    def prepare(self, params: dict, x: jax.Array) -> dict:
+        """For the relaxation of the batch ``x`` ``(B, H * W * C)``: the input field ``P_1(W_1 * x)``
+        (computed once for every step and phase) and the parameters."""
+        return {"params": params, "drive": self.input_field(params, x)}
+
+    def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
+        """The batch's summed energy from :meth:`prepare`'s input field; batched convolutions."""
+        energies = self.internal_energies(prepared["params"], states) - _dot(states[0], prepared["drive"])
+        return jnp.sum(energies)
+
+    def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array) -> jax.Array:
+        """``E(state_a) - E(state_b)`` for one example, with the input term factored as
+        ``-(a_1 - b_1) . P_1(W_1 * x)``: one input convolution instead of two (EP's weight update)."""
+        a, b, x = tuple(s[None] for s in state_a), tuple(s[None] for s in state_b), x[None]
+        internal = self.internal_energies(params, a) - self.internal_energies(params, b)
+        return (internal - _dot(a[0] - b[0], self.input_field(params, x)))[0]
+
+    def output(self, state: tuple) -> jax.Array:
+        """The output units of one example, ``(num_classes,)``."""
+        return state[-1]
+
+
+def layer_shapes(image_shape, channels, kernels, paddings, pools, pool_size, dense, num_classes):
+    """Per-example state shapes: ``(H_k, W_k, C_k)`` per conv layer, ``(n_m,)`` per dense layer,
+    ``(num_classes,)``; ``ValueError`` when a map shrinks to nothing."""
+    height, width, _ = image_shape
+    shapes = []
+    for k, (c, size, pad, kind) in enumerate(zip(channels, kernels, paddings, pools)):
+        height, width = height + 2 * pad - size + 1, width + 2 * pad - size + 1
+        if kind != "none":
+            height, width = height // pool_size, width // pool_size
+        if height < 1 or width < 1:
+            raise ValueError(f"conv layer {k + 1} leaves an empty feature map ({height} x {width}); use a smaller "
+                             "kernel, more padding or fewer pooling layers")
+        shapes.append((height, width, c))
+    return tuple(shapes) + tuple((n,) for n in dense) + ((num_classes,),)
+
+
+def _ints(name, values, count, minimum):
+    values = (values,) * count if isinstance(values, int) else tuple(values)
+    if len(values) != count or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        raise ValueError(f"{name} must be an int >= {minimum} or {count} of them, got {values!r}")
+    return values
+
+
+def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", pool_size: int = 2, dense=(),
+                  num_classes: int = 10, readout: str = "hopfield", output_bounds=None, gain: float = 1.0,
+                  init_scheme: str = "kaiming") -> ConvHopfield:
+    """A convolutional Hopfield model (see the module docstring).
+
+    Args:
+      image_shape: ``(H, W, C)`` of one input image.
+      channels: output channels of each conv layer, e.g. ``(32, 64)``.
+      kernel, padding: an int, or one per conv layer (square kernels, stride 1, zero padding).
+      pooling: ``"max"``, ``"avg"`` or ``"none"``, or one per conv layer.
+      pool_size: side of the non-overlapping pooling windows.
+      dense: sizes of dense hidden layers after the last conv layer (may be empty).
+      num_classes: output units.
+      readout: ``"hopfield"`` (output units in the energy) or ``"projection"`` (output removed from
+        the energy, for a cross-entropy cost; Laborieux et al. 2021).
+      output_bounds: ``(lo, hi)`` of the output units with the hopfield readout (default ``(0, 1)``;
+        ``(-inf, inf)`` for linear outputs).
+      gain, init_scheme: weight initialisation (see :meth:`ConvHopfield.init`).
+    """
+    image_shape = tuple(image_shape)
+    if len(image_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in image_shape):
+        raise ValueError(f"image_shape must be (H, W, C) positive ints, got {image_shape!r}")
+    channels = (channels,) if isinstance(channels, int) else tuple(channels)
+    if not channels:
+        raise ValueError("channels must name at least one conv layer")
+    channels = _ints("channels", channels, len(channels), 1)
+    count = len(channels)
+    kernels, paddings = _ints("kernel", kernel, count, 1), _ints("padding", padding, count, 0)
+    pools = (pooling,) * count if isinstance(pooling, str) else tuple(pooling)
+    if len(pools) != count or any(p not in POOLS for p in pools):
+        raise ValueError(f"pooling must be one of {POOLS} or {count} of them, got {pooling!r}")
+    _ints("pool_size", pool_size, 1, 1)
+    dense = _ints("dense", tuple(dense), len(tuple(dense)), 1)
+    _ints("num_classes", num_classes, 1, 1)
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    if init_scheme not in INITS:
+        raise ValueError(f"init_scheme must be one of {INITS}, got {init_scheme!r}")
+    if not gain > 0:
+        raise ValueError(f"gain must be positive, got {gain!r}")
+    if output_bounds is not None:
+        if readout == "projection":
+            raise ValueError("output_bounds applies to the hopfield readout; projection outputs are unbounded")
+        lo, hi = (float(b) for b in output_bounds)
+        if not lo < hi:
+            raise ValueError(f"output_bounds must be (lo, hi) with lo < hi, got {output_bounds!r}")
+        output_bounds = (lo, hi)
+    layer_shapes(image_shape, channels, kernels, paddings, pools, pool_size, dense, num_classes)  # raises
+    return ConvHopfield(image_shape=image_shape, channels=channels, kernels=kernels, paddings=paddings, pools=pools,
+                        pool_size=int(pool_size), dense=dense, num_classes=int(num_classes), readout=readout,
+                        output_bounds=output_bounds, gain=float(gain), init_scheme=init_scheme)
