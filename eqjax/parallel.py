@@ -1,0 +1,98 @@
+"""Data-parallel training over devices: the batch axis sharded, the parameters replicated.
+
+:func:`train_step` has the signature of :func:`eqjax.train_step` and the same result, computed by
+every device of a one-axis mesh on its share of the batch: each device relaxes its examples (its
+relaxation loops stop on their own, when its shard has converged), estimates the gradient of its
+shard, and the shards' gradients are averaged over the devices (``psum``, weighted by the number of
+examples each shard used, so that examples left out for going non-finite are left out of the mean
+exactly as on one device). Every device then applies the same optimizer update to its replica of
+the parameters. The same code runs on one CPU, on several forced CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=4``) and on one or several GPUs.
+
+Equal to the one-device step up to float round-off when every relaxation runs a fixed number of
+steps (``tol = 0``); with a tolerance, a shard may stop earlier than the whole batch would (its
+examples converged), so results agree to the order of the tolerance. A PRNG key (stochastic
+solvers) is folded with the shard's index, so shards draw independent noise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from eqjax._checks import check_model
+from eqjax.api import checked_estimate
+from eqjax.costs import as_cost
+from eqjax.train import summarize
+
+BATCH = "batch"  # the mesh axis the examples are sharded over
+
+
+def batch_mesh(devices=None) -> Mesh:
+    """A one-axis mesh (:data:`BATCH`) over ``devices`` (default: ``jax.devices()``)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else list(devices)), (BATCH,))
+
+
+def shard_batch(tree, mesh: Mesh, axis: int = 0):
+    """Place every leaf of ``tree`` with its ``axis`` (the examples; 1 for stacked batches
+    ``(K, B, ...)``) split over the mesh's devices."""
+    spec = PartitionSpec(*([None] * axis + [BATCH]))
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, NamedSharding(mesh, spec)), tree)
+
+
+def replicate(tree, mesh: Mesh):
+    """Place every leaf of ``tree`` on every device of the mesh."""
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, NamedSharding(mesh, PartitionSpec())), tree)
+
+
+def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callable:
+    """``estimate(estimator, solver, params, x, y, state0, key) -> (grads, aux)``: the estimator run
+    per shard of the batch, gradients averaged over the shards (weighted by the examples each used),
+    ``aux`` per example, sharded like the batch."""
+    check_model(model)
+    cost = as_cost(cost)
+
+    def local(estimator, solver, params, x, y, state0, key):
+        if key is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(BATCH))
+        grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
+        weight = jnp.sum(aux["used"]) if "used" in aux else jnp.asarray(x.shape[0])
+        weight = weight.astype(jax.tree.leaves(grads)[0].dtype)
+        total = jax.lax.psum(weight, BATCH)
+        grads = jax.tree.map(lambda g: jax.lax.psum(g * weight, BATCH) / jnp.maximum(total, 1), grads)
+        return grads, aux
+
+    def estimate(estimator, solver, params, x, y, state0=None, key=None):
+        devices = mesh.devices.size
+        if x.shape[0] % devices:
+            raise ValueError(f"the batch of {x.shape[0]} examples does not split over {devices} devices")
+        shard, everywhere = PartitionSpec(BATCH), PartitionSpec()
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=(everywhere, everywhere, everywhere, shard, shard,
+                                                            shard, everywhere),
+                               out_specs=(everywhere, shard), check_vma=False)
+        return mapped(estimator, solver, params, x, y, state0, key)
+
+    return estimate
+
+
+def train_step(model, cost, optimizer: optax.GradientTransformation, devices=None, *,
+               throw: bool = False) -> Callable:
+    """:func:`eqjax.train_step` with the batch sharded over ``devices`` (default every device):
+    ``step(params, opt_state, solver, estimator, x, y, state0=None, key=None) -> (params, opt_state,
+    metrics, free_state)``. The batch size must be a multiple of the number of devices. Jit it;
+    lift it to epochs with :func:`eqjax.train_epoch`."""
+    mesh = batch_mesh(devices)
+    estimate = sharded_estimate(model, cost, mesh, throw=throw)
+
+    def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
+        grads, aux = estimate(estimator, solver, params, x, y, state0, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, summarize(aux), aux["free_state"]
+
+    return step

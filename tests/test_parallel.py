@@ -1,0 +1,91 @@
+"""Data-parallel training: the batch sharded over 4 forced CPU devices gives the 1-device step."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import eqjax
+from eqjax import parallel
+from eqjax.estimators import EP
+
+MODEL = eqjax.models.conv_hopfield((8, 8, 1), (4, 6), kernel=3, padding=1, output_bounds=(-np.inf, np.inf))
+COST = eqjax.costs.cross_entropy()
+
+
+def batches(num=3, batch=16):
+    x, y = eqjax.synthetic.digits(jax.random.key(0), num * batch, noise=0.1, flip=0.02)
+    return x.astype(jnp.float64).reshape(num, batch, 64), y.reshape(num, batch)
+
+
+def run(step, solver, devices_tag):
+    """Three EP steps from the same start; the final parameters and the metrics of every step."""
+    optimizer = optax.adam(1e-2)
+    params = MODEL.init(jax.random.key(1), jnp.float64)
+    opt_state = optimizer.init(params)
+    step = jax.jit(step(MODEL, COST, optimizer))
+    metrics = []
+    for x, y in zip(*batches()):
+        params, opt_state, m, _ = step(params, opt_state, solver, EP(beta=0.3), x, y)
+        metrics.append({k: float(v) for k, v in m.items()})
+    return {"tag": devices_tag, "params": [np.asarray(p).tolist() for p in jax.tree.leaves(params)],
+            "metrics": metrics}
+
+
+FIXED = eqjax.solvers.BlockCoordinate(tol=0.0, max_steps=12)  # every shard runs exactly 12 sweeps
+STOPPING = eqjax.solvers.BlockCoordinate(tol=1e-8, max_steps=200)  # each shard stops at the tolerance
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    sys.path.insert(0, "tests")
+    import test_parallel as t
+    from eqjax import parallel
+    assert len(jax.devices()) == 4, jax.devices()
+    print(json.dumps([t.run(parallel.train_step, t.FIXED, "fixed"), t.run(parallel.train_step, t.STOPPING, "stop")]))
+""")
+
+
+def compare(sharded, single, rtol, atol):
+    for a, b in zip(sharded["params"], single["params"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+    for m, n in zip(sharded["metrics"], single["metrics"]):
+        for key in ("loss", "accuracy", "used"):
+            np.testing.assert_allclose(m[key], n[key], rtol=rtol, atol=atol)
+
+
+def test_four_forced_cpu_devices_give_the_one_device_step():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fixed, stopping = json.loads(done.stdout.strip().splitlines()[-1])
+    # fixed sweeps: the same arithmetic split over devices, float64 round-off of a different
+    # summation order (the gradient's psum), amplified a little by three Adam steps
+    compare(fixed, run(eqjax.train_step, FIXED, "single"), rtol=1e-9, atol=1e-12)
+    # with a tolerance each shard stops when its 4 examples converge, the batch of 16 when all do:
+    # the states differ by less than tol = 1e-8, and so do the parameters, to the same order
+    compare(stopping, run(eqjax.train_step, STOPPING, "single"), rtol=1e-6, atol=1e-8)
+    assert min(m["free_steps"] for m in stopping["metrics"]) < 200  # the tolerance was reached
+
+
+def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():
+    single = run(eqjax.train_step, FIXED, "single")
+    meshed = run(lambda *a: parallel.train_step(*a, devices=jax.devices()[:1]), FIXED, "mesh")
+    compare(meshed, single, rtol=1e-12, atol=1e-14)
+    estimate = jax.jit(parallel.sharded_estimate(MODEL, COST, parallel.batch_mesh(jax.devices()[:1])))
+    x, y = batches(1, 5)
+    grads, aux = estimate(EP(beta=0.3), FIXED, MODEL.init(jax.random.key(1), jnp.float64), x[0], y[0])
+    assert aux["loss"].shape == (5,)
+    mesh3 = type("Mesh", (), {"devices": np.empty(3)})()  # only the device count is read before sharding
+    with pytest.raises(ValueError, match="does not split over 3 devices"):
+        parallel.sharded_estimate(MODEL, COST, mesh3)(EP(beta=0.3), FIXED, None, x[0], y[0])
