@@ -211,3 +211,13 @@ def test_centered_ep_trains_a_conv_net_on_synthetic_digits():
     assert errors[-1] < 0.5 * errors[0], errors
     accuracy = eqjax.evaluate(model, cost, solver.replace(max_steps=40), params, x_test, y_test)["accuracy"]
     assert float(accuracy.mean()) > 0.7
+
+
+@pytest.mark.slow
+def test_conv_bench_runs_every_case_and_writes_its_figures(tmp_path):
+    from benchmarks import conv as bench
+
+    results = bench.main(["--chunk", "1", "--rounds", "1", "--output", str(tmp_path / "conv.json")])
+    assert set(results) >= {"ep", "ep-fixed", "bptt", "feedforward"}
+    assert all(results[name]["seconds_per_epoch"] > 0 for name in ("ep", "bptt", "feedforward"))
+    assert results["ep-fixed"]["mean_steps"]["free_steps"] == 20  # tol = 0 runs every sweep

@@ -1,0 +1,187 @@
+"""Convolutional EP training speed on this machine against backpropagation on the same architecture.
+
+    python -m benchmarks.conv [--chunk 10] [--rounds 5] [--output benchmarks/conv_results.json]
+
+Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 -> max pool
+12x12, 3x3 conv 64 -> max pool 5x5, 10 linear outputs, cross-entropy, batch 32, Adam), trained on
+Fashion-MNIST exactly as `make train` trains it (`eqjax.train_chunk` under `jax.jit`, data on device),
+from initialisation:
+
+- ``ep``: centered EP, block-coordinate relaxation of at most 20 free / 10 + 10 nudged sweeps,
+  stopping at the tolerance (as `make train`);
+- ``ep-fixed``: the same with exactly 20 / 10 / 10 sweeps (``tol = 0``);
+- ``bptt``: backpropagation through the 20 unrolled free-phase sweeps of the same energy and
+  solver (``eqjax.estimators.BPTT``, the truncated BP baseline of Scellier et al. 2024): the
+  gradient EP estimates, computed by reverse-mode AD;
+- ``feedforward``: backprop through the feedforward CNN with the same layers (each clipped to
+  [0, 1], same pooling and output), one forward and backward pass per batch: the cost of the
+  architecture itself.
+
+Timing as in `make bench`: everything compiled first, one warm-up round, then rounds that time one
+chunk of every case back to back (interleaved, so a burst of load from other jobs hits every case of
+that round); seconds per 60,000-example epoch and EP/BP ratios are medians over rounds. Prints a
+Markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from eqjax.models.conv import conv, pool
+from experiments import configs
+from experiments.splits import load_split
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH_EXAMPLES = 60_000
+CONFIG = "conv-fmnist"
+CASES = {  # name: (config overrides, table label)
+    "ep": ({}, "EP, centered, <= 20/10/10 sweeps to tol"),
+    "ep-fixed": ({"tol": 0.0, "check_every": 10}, "EP, exactly 20/10/10 sweeps"),
+    "bptt": ({"estimator": "bptt", "tol": 0.0, "check_every": 20}, "BPTT through 20 sweeps"),
+}
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start, out
+
+
+class ChunkCase:
+    """A config trained by `make train`'s chunk function; ``run(r)`` trains chunk ``r``."""
+
+    def __init__(self, overrides, x, y, chunk_batches):
+        self.config = dict(configs.CONFIGS[CONFIG], **overrides, batches_per_epoch=EPOCH_EXAMPLES // 32)
+        model, cost, solver, estimator, optimizer = configs.build(self.config)
+        self.chunk = configs.chunk_function(self.config, model, cost, optimizer)
+        params = model.init(jax.random.key(0), jnp.float32)
+        self.carry = (params, optimizer.init(params), configs.initial_state(self.config, model, len(x)))
+        self.hyper = (solver, estimator)
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config["batch_size"]
+        self.times, self.steps = [], []
+
+    def arguments(self, r):
+        first = r * self.chunk_batches * self.batch
+        index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
+        keys = jax.random.split(jax.random.key(first), self.chunk_batches)
+        return (*self.carry, *self.hyper, self.x[index], self.y[index], index, keys)
+
+    def compile(self):
+        start = time.perf_counter()
+        self.chunk.lower(*self.arguments(0)).compile()
+        return time.perf_counter() - start
+
+    def run(self, r):
+        seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
+        self.carry = (params, opt_state, state)
+        self.steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
+        return seconds
+
+
+class FeedforwardCase:
+    """Backprop through the feedforward CNN of the same layers (clipped to the model's boxes)."""
+
+    def __init__(self, x, y, chunk_batches):
+        config = dict(configs.CONFIGS[CONFIG], batches_per_epoch=EPOCH_EXAMPLES // 32)
+        model, cost, _, _, optimizer = configs.build(config)
+        params = model.init(jax.random.key(0), jnp.float32)
+        self.carry = (params, optimizer.init(params))
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config["batch_size"]
+        self.times, self.steps = [], []
+
+        def forward(p, xb):
+            a = model.input_field(p, xb)
+            for k in range(model.num_conv):
+                if k:
+                    a = pool(conv(a, p["weights"][k], model.paddings[k]), model.pools[k], model.pool_size)
+                a = jnp.clip(a + p["biases"][k], 0.0, 1.0)
+            a = a.reshape(len(a), -1)
+            for w, b, (lo, hi) in zip(p["weights"][model.num_conv:], p["biases"][model.num_conv:],
+                                      model.bounds[model.num_conv:]):
+                a = jnp.clip(a @ w + b, lo, hi)
+            return a
+
+        loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(forward(p, xb), yb))
+
+        @jax.jit
+        def chunk(p, s, xs, ys):
+            def body(carry, batch):
+                grads = jax.grad(loss)(carry[0], *batch)
+                updates, state = optimizer.update(grads, carry[1], carry[0])
+                return (optax.apply_updates(carry[0], updates), state), None
+
+            return jax.lax.scan(body, (p, s), (xs, ys))[0]
+
+        self.chunk = chunk
+
+    def arguments(self, r):
+        first, last = r * self.chunk_batches * self.batch, (r + 1) * self.chunk_batches * self.batch
+        return (*self.carry, self.x[first:last].reshape(self.chunk_batches, self.batch, -1),
+                self.y[first:last].reshape(self.chunk_batches, self.batch))
+
+    def compile(self):
+        start = time.perf_counter()
+        self.chunk.lower(*self.arguments(0)).compile()
+        return time.perf_counter() - start
+
+    def run(self, r):
+        seconds, self.carry = timed(self.chunk, *self.arguments(r))
+        return seconds
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunk", type=int, default=10, help="batches of 32 per timed chunk")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up round")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "conv_results.json")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.chunk < 1:
+        parser.error("--rounds and --chunk must be at least 1")
+    examples = (args.rounds + 1) * args.chunk * 32
+    if examples > EPOCH_EXAMPLES:
+        parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {examples} examples, there are 60,000")
+    x, y = load_split("fashion-mnist", "train", examples)
+    cases = {name: ChunkCase(overrides, x, y, args.chunk) for name, (overrides, _) in CASES.items()}
+    cases["feedforward"] = FeedforwardCase(x, y, args.chunk)
+    compiled = {name: case.compile() for name, case in cases.items()}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        print(f"round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} ...", file=sys.stderr, flush=True)
+        for case in cases.values():
+            case.times.append(case.run(r))
+
+    scale = EPOCH_EXAMPLES / (args.chunk * 32)
+    epochs = {name: [t * scale for t in case.times[1:]] for name, case in cases.items()}
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend()},
+               "settings": {"config": CONFIG, "chunk_batches": args.chunk, "timed_rounds": args.rounds,
+                            "batch": 32}}
+    labels = dict({name: label for name, (_, label) in CASES.items()},
+                  feedforward="feedforward CNN backprop (same layers)")
+    print("\n| case | s/epoch | compile s | EP / this | mean sweeps per phase |")
+    print("|---|---|---|---|---|")
+    for name, case in cases.items():
+        ratio = statistics.median(e / b for e, b in zip(epochs["ep"], epochs[name]))
+        steps = ({k: statistics.mean(s[k] for s in case.steps[1:]) for k in case.steps[1]} if case.steps else {})
+        results[name] = {"seconds_per_epoch": statistics.median(epochs[name]), "compile_seconds": compiled[name],
+                         "chunk_seconds": case.times[1:], "ep_over_this": ratio, "mean_steps": steps}
+        shown = ", ".join(f"{k.removesuffix('_steps')} {v:.1f}" for k, v in steps.items()) or "-"
+        print(f"| {labels[name]} | {results[name]['seconds_per_epoch']:.0f} | {compiled[name]:.1f} | {ratio:.2f} | "
+              f"{shown} |")
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
