@@ -246,9 +246,10 @@ def make_solver(config: dict, max_steps: int):
 
 
 def make_optimizer(config: dict) -> optax.GradientTransformation:
-    """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay; a list of rates gives one rate per layer (the biases
-    of layer l use the rate of the weights below them, as in Scellier & Bengio 2017). Resistive
-    networks: SGD or Adam followed by clipping the conductances at zero."""
+    """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay; a list of rates
+    gives one rate per layer (the biases of layer l use the rate of the weights below them, as in
+    Scellier & Bengio 2017). Resistive networks: SGD or Adam followed by clipping the conductances
+    at zero."""
 
     def sgd(rate):
         rule = optax.adam if config.get("optimizer") == "adam" else optax.sgd
