@@ -49,6 +49,8 @@ test-slow: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.solvers
+	$(PY) -m benchmarks.conv
 	@echo "| devices | members at once per device | members x batches | sweep s | sequential s | sweep / sequential | compile + first call s | XLA MiB (vmap) all / per call | max rel. loss difference |"
 	@echo "|---|---|---|---|---|---|---|---|---|"
 	@$(PY) -m benchmarks.sweep
