@@ -168,7 +168,8 @@ def test_block_coordinate_with_average_pooling_is_an_exact_block_minimum():
     assert projected_gradient(lambda s: restricted(s[0]), (after[1],), (model.bounds[1],)) < 1e-12
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "max-projection-dense" else c
+                                  for c in CASES])  # the 30 s case runs in make test-slow
 def test_centered_ep_matches_implicit_differentiation_and_finite_differences(case):
     model, cost, params, x, y = problem(case)
     solver = tight_solver(model)
@@ -190,6 +191,7 @@ def test_centered_ep_matches_implicit_differentiation_and_finite_differences(cas
     assert relative_error(coarse, implicit) > 10 * relative_error(ep, implicit)
 
 
+@pytest.mark.slow  # 14 s
 def test_centered_ep_trains_a_conv_net_on_synthetic_digits():
     """EP in float32 with the settings of the conv-fmnist config (max pooling, linear outputs,
     cross-entropy, centered beta = 0.5, block-coordinate 20 / 10 sweeps, Adam) on 8x8 synthetic

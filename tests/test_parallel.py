@@ -91,6 +91,7 @@ def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():
         parallel.sharded_estimate(MODEL, COST, mesh3)(EP(beta=0.3), FIXED, None, x[0], y[0])
 
 
+@pytest.mark.slow  # 15 s
 def test_device_script_runs_on_cpu_with_tiny_sizes(monkeypatch, tmp_path):
     """benchmarks/device_conv.py end to end with --tiny: the epoch time on generated images and the
     real run on generated CIFAR-10 batch files (80 training, 16 test images), figures in JSON."""
