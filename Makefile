@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+# pytest-xdist workers for `make test`: one per core; a test file stays on one worker so its compiled
+# functions are shared by its tests
+TEST_WORKERS ?= auto
 
 .PHONY: train sweep test test-slow bench clean system-packages
 
@@ -42,7 +45,7 @@ sweep: $(STAMP) system-packages
 	$(PY) -m experiments.sweep $(ARGS)
 
 test: $(STAMP) system-packages
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow $(ARGS)

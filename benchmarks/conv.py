@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from eqjax.models.conv import conv, pool
+from benchmarks.run import EPCase, compile_with_memory, timed
 from experiments import configs
 from experiments.splits import load_split
 
@@ -50,43 +50,6 @@ CASES = {  # name: (config overrides, table label)
     "ep-fixed": ({"tol": 0.0, "check_every": 10}, "EP, exactly 20/10/10 sweeps"),
     "bptt": ({"estimator": "bptt", "tol": 0.0, "check_every": 20}, "BPTT through 20 sweeps"),
 }
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start, out
-
-
-class ChunkCase:
-    """A config trained by `make train`'s chunk function; ``run(r)`` trains chunk ``r``."""
-
-    def __init__(self, overrides, x, y, chunk_batches):
-        self.config = dict(configs.CONFIGS[CONFIG], **overrides, batches_per_epoch=EPOCH_EXAMPLES // 32)
-        model, cost, solver, estimator, optimizer = configs.build(self.config)
-        self.chunk = configs.chunk_function(self.config, model, cost, optimizer)
-        params = model.init(jax.random.key(0), jnp.float32)
-        self.carry = (params, optimizer.init(params), configs.initial_state(self.config, model, len(x)))
-        self.hyper = (solver, estimator)
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config["batch_size"]
-        self.times, self.steps = [], []
-
-    def arguments(self, r):
-        first = r * self.chunk_batches * self.batch
-        index = jnp.arange(first, first + self.chunk_batches * self.batch).reshape(self.chunk_batches, self.batch)
-        keys = jax.random.split(jax.random.key(first), self.chunk_batches)
-        return (*self.carry, *self.hyper, self.x[index], self.y[index], index, keys)
-
-    def compile(self):
-        start = time.perf_counter()
-        self.chunk.lower(*self.arguments(0)).compile()
-        return time.perf_counter() - start
-
-    def run(self, r):
-        seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
-        self.carry = (params, opt_state, state)
-        self.steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
-        return seconds
 
 
 class FeedforwardCase:
@@ -131,9 +94,7 @@ class FeedforwardCase:
                 self.y[first:last].reshape(self.chunk_batches, self.batch))
 
     def compile(self):
-        start = time.perf_counter()
-        self.chunk.lower(*self.arguments(0)).compile()
-        return time.perf_counter() - start
+        return compile_with_memory(self.chunk, *self.arguments(0))
 
     def run(self, r):
         seconds, self.carry = timed(self.chunk, *self.arguments(r))
@@ -152,9 +113,10 @@ def main(argv=None):
     if examples > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {examples} examples, there are 60,000")
     x, y = load_split("fashion-mnist", "train", examples)
-    cases = {name: ChunkCase(overrides, x, y, args.chunk) for name, (overrides, _) in CASES.items()}
+    config = dict(configs.CONFIGS[CONFIG], batches_per_epoch=EPOCH_EXAMPLES // 32)
+    cases = {name: EPCase(dict(config, **overrides), x, y, args.chunk) for name, (overrides, _) in CASES.items()}
     cases["feedforward"] = FeedforwardCase(x, y, args.chunk)
-    compiled = {name: case.compile() for name, case in cases.items()}
+    compiled = {name: case.compile()[0] for name, case in cases.items()}  # seconds (and MiB)
     for r in range(args.rounds + 1):  # round 0 warms up
         print(f"round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} ...", file=sys.stderr, flush=True)
         for case in cases.values():

@@ -84,12 +84,12 @@ def compile_with_memory(jitted, *args) -> tuple[float, float]:
 
 
 class EPCase:
-    """EP training of a variant: ``compile()`` once, then ``run(r)`` trains on chunk ``r``
-    (consecutive batches, carrying parameters and state over) and returns its seconds."""
+    """EP training of a config (as `make train` runs it): ``compile()`` once, then ``run(r)``
+    trains on chunk ``r`` (consecutive batches, carrying parameters and state over) and returns its
+    seconds."""
 
-    def __init__(self, name, x, y, chunk_batches):
-
-        self.config = variant_config(name)
+    def __init__(self, config, x, y, chunk_batches):
+        self.config = config
         model, cost, solver, estimator, optimizer = configs.build(self.config)
         self.chunk = configs.chunk_function(self.config, model, cost, optimizer)
         self.hyper = (solver, estimator)
@@ -252,7 +252,7 @@ def main():
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")
 
     x, y = load_split("mnist", "train")
-    cases = {name: EPCase(name, x, y, args.chunk) for name in VARIANTS}
+    cases = {name: EPCase(variant_config(name), x, y, args.chunk) for name in VARIANTS}
     cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
     kinds = {(kind, shape) for case in cases.values() if isinstance(case, EPCase)
              for kind, shape, _, _ in limit_terms(case.config["sizes"], case.batch)}

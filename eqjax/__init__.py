@@ -6,7 +6,7 @@ from eqjax.api import evaluate, gradients, relax
 from eqjax.equilibrium import RESULTS, Equilibrium
 from eqjax.relaxation import relax_batch
 from eqjax.train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
-from eqjax import verify  # noqa: E402 (after api: it builds on gradients and relax)
+from eqjax import images, parallel, verify  # noqa: E402 (after api: they build on gradients and relax)
 
 __version__ = "0.1.0"
 
@@ -21,8 +21,10 @@ __all__ = [
     "estimators",
     "evaluate",
     "gradients",
+    "images",
     "loop",
     "models",
+    "parallel",
     "phases",
     "relax",
     "relax_batch",

@@ -157,12 +157,14 @@ def load_data(config: dict, data_dir) -> dict:
     return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
 
-def evaluate_error(model, cost, solver, params, x, y, batch=2000):
+def evaluate_error(model, cost, solver, params, x, y, key, batch=2000):
     """``(error, converged)``: the fraction misclassified and the fraction whose free phase
-    reached the tolerance within the evaluation's steps."""
+    reached the tolerance within the evaluation's steps. ``key`` (folded with the batch's start)
+    drives stochastic solvers such as :class:`eqjax.solvers.Langevin`."""
     wrong = converged = 0
     for i in range(0, len(x), batch):
-        aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch])
+        aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch],
+                             key=jax.random.fold_in(key, i))
         wrong += int(jnp.sum(1.0 - aux["accuracy"]))
         converged += int(jnp.sum(aux["free"]["converged"]))
     return wrong / len(x), converged / len(x)
@@ -243,6 +245,7 @@ class Training:
         self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer)
         self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
         self.base_key = jax.random.key(config["seed"] + 1)
+        self.eval_key = jax.random.split(self.base_key)[0]  # apart from the batches' fold_in keys
         self.chunks_done, self.last_save = 0, time.monotonic()
 
     def start_state(self, resume: bool):
@@ -302,8 +305,9 @@ class Training:
     def end_epoch(self, carry, epoch, seconds, log) -> bool:
         """Evaluate, log, checkpoint and plot after an epoch; whether to stop early."""
         params = carry[0]
+        key = jax.random.fold_in(self.eval_key, epoch)
         error, converged = evaluate_error(self.model, self.cost, self.eval_solver, params, self.data["x_test"],
-                                          self.data["y_test"])
+                                          self.data["y_test"], jax.random.fold_in(key, 0))
         chunks = [r for r in read_records(self.metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
         train_error = float(np.mean([r["train_error"] for r in chunks]))
         record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
@@ -311,7 +315,8 @@ class Training:
         validation = ""
         if self.config.get("validation"):
             record["validation_error"], record["validation_converged"] = evaluate_error(
-                self.model, self.cost, self.eval_solver, params, self.data["x_val"], self.data["y_val"])
+                self.model, self.cost, self.eval_solver, params, self.data["x_val"], self.data["y_val"],
+                jax.random.fold_in(key, 1))
             validation = f", validation error {100 * record['validation_error']:.2f}%"
         log.write(runfiles.strict_json(record) + "\n")
         log.flush()

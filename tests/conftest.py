@@ -1,5 +1,10 @@
 """Shared test set-up: float64 everywhere for gradient checks, and small random problems."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -42,3 +47,27 @@ def tight_gd():
 @pytest.fixture
 def tight_bc():
     return eqjax.solvers.BlockCoordinate(tol=1e-13, max_steps=5_000)
+
+
+def finite_difference_gradient(model, cost, solver, params, x, y, h=1e-5):
+    """Central differences of the batch-mean free-phase loss along every parameter coordinate."""
+    flat, unravel = ravel_pytree(params)
+
+    def loss(f):
+        eq = eqjax.relax_batch(model, cost, solver, unravel(f), x)
+        return jnp.mean(jax.vmap(cost)(jax.vmap(model.output)(eq.state), y))
+
+    directions = jnp.eye(flat.size, dtype=flat.dtype)
+    fd = jax.jit(jax.vmap(lambda e: (loss(flat + h * e) - loss(flat - h * e)) / (2 * h)))(directions)
+    return unravel(fd)
+
+
+def run_on_forced_cpu_devices(code: str, count: int, timeout: int = 600):
+    """Run ``code`` in a fresh Python with ``count`` forced CPU devices (from the project root);
+    returns the JSON its last printed line holds (fails the test with its stderr otherwise)."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

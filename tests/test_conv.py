@@ -6,12 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.flatten_util import ravel_pytree
 
 import eqjax
 from eqjax.estimators import EP, ImplicitDiff
 from eqjax.models.conv import pool
-from conftest import relative_error
+from conftest import finite_difference_gradient, relative_error
 
 IMAGE = (8, 8, 2)  # tiny images: every check runs in seconds
 CASES = {
@@ -53,18 +52,6 @@ def tight_solver(model):
     if model.readout == "projection":
         return eqjax.solvers.GradientDescent(step_size=0.3, tol=1e-13, max_steps=20_000)
     return eqjax.solvers.BlockCoordinate(tol=1e-13, max_steps=5_000)
-
-
-def finite_difference_gradient(model, cost, solver, params, x, y, h=1e-5):
-    """Central differences of the batch-mean free-phase loss along every parameter coordinate."""
-    flat, unravel = ravel_pytree(params)
-
-    def loss(f):
-        eq = eqjax.relax_batch(model, cost, solver, unravel(f), x)
-        return jnp.mean(jax.vmap(cost)(jax.vmap(model.output)(eq.state), y))
-
-    directions = jnp.eye(flat.size, dtype=flat.dtype)
-    return unravel(jax.jit(jax.vmap(lambda e: (loss(flat + h * e) - loss(flat - h * e)) / (2 * h)))(directions))
 
 
 def pinned_fraction(model, state):

@@ -152,3 +152,13 @@ def test_sweep_bench_runs_and_its_members_match_the_sequential_runs(tmp_path):
     assert result["sweep_seconds"]["vmap all"] > 0 and result["sweep_seconds"]["one at a time"] > 0
     assert result["xla_mib"]["16"] > result["xla_mib"]["4"] > 0  # fewer members per call, less memory
     assert result["max_relative_loss_difference"] < 1e-4  # float32 batched vs single: round-off apart
+
+
+def test_stochastic_solver_trains_and_evaluates_with_its_own_keys(tmp_path):
+    # Langevin needs a key in training and in the per-epoch evaluation (a keyless evaluation
+    # raised before); the run must finish with a finite test error
+    run = train.main(["--model", "tiny", "--epochs", "1", "--train-limit", "64", "--test-limit", "32",
+                      "--runs-dir", str(tmp_path), "--set", 'solver="langevin"', "--set", "temperature=1e-4",
+                      "--set", "step_size=0.5"])
+    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert epoch["kind"] == "epoch" and 0.0 <= epoch["test_error"] <= 1.0, epoch

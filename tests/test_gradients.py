@@ -1,33 +1,17 @@
 """Gradient equivalence in float64: finite differences, implicit differentiation, BPTT and EP."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 import eqjax
 from eqjax.estimators import BPTT, EP, ImplicitDiff
-from conftest import random_problem, relative_error
+from conftest import finite_difference_gradient, random_problem, relative_error
 
 SEEDS = (0, 1, 2)
 BETAS = (1e-1, 1e-2, 1e-3)
 # With units pinned at a bound, beta = 0.1 already un-pins some of them (the nudged active set
 # differs from the free one), which is outside the asymptotic regime; fit one decade lower there.
 BOXED_BETAS = (1e-2, 1e-3, 1e-4)
-
-
-def finite_difference_gradient(model, cost, solver, params, x, y, h=1e-5):
-    """Central differences of the batch-mean free-phase loss along every parameter coordinate."""
-    flat, unravel = ravel_pytree(params)
-
-    def loss(f):
-        eq = eqjax.relax_batch(model, cost, solver, unravel(f), x)
-        return jnp.mean(jax.vmap(cost)(jax.vmap(model.output)(eq.state), y))
-
-    directions = jnp.eye(flat.size, dtype=flat.dtype)
-    fd = jax.jit(jax.vmap(lambda e: (loss(flat + h * e) - loss(flat - h * e)) / (2 * h)))(directions)
-    return unravel(fd)
 
 
 def pinned_fraction(model, cost, solver, params, x):

@@ -1,9 +1,6 @@
 """Data-parallel training: the batch sharded over 4 forced CPU devices gives the 1-device step."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -15,6 +12,7 @@ import pytest
 import eqjax
 from eqjax import parallel
 from eqjax.estimators import EP
+from conftest import run_on_forced_cpu_devices
 
 MODEL = eqjax.models.conv_hopfield((8, 8, 1), (4, 6), kernel=3, padding=1, output_bounds=(-np.inf, np.inf))
 COST = eqjax.costs.cross_entropy()
@@ -63,12 +61,7 @@ def compare(sharded, single, rtol, atol):
 
 
 def test_four_forced_cpu_devices_give_the_one_device_step():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fixed, stopping = json.loads(done.stdout.strip().splitlines()[-1])
+    fixed, stopping = run_on_forced_cpu_devices(SHARDED, 4)
     # fixed sweeps: the same arithmetic split over devices, float64 round-off of a different
     # summation order (the gradient's psum), amplified a little by three Adam steps
     compare(fixed, run(eqjax.train_step, FIXED, "single"), rtol=1e-9, atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 import eqjax
 from eqjax import RESULTS
 from eqjax.estimators import EP
-from eqjax.loop import max_abs_difference, per_example_max_abs_difference
+from eqjax.loop import max_abs_difference
 from eqjax.phases import Clamp, Free, Nudge
 from eqjax.relaxation import total_energy
 from eqjax.solvers import Anderson, BlockCoordinate, GradientDescent, Langevin

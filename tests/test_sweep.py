@@ -15,6 +15,7 @@ import pytest
 
 import eqjax
 from eqjax.estimators import EP
+from conftest import run_on_forced_cpu_devices
 
 MODEL = eqjax.models.hopfield((64, 16, 10), gain=0.5, output_bounds=(-jnp.inf, jnp.inf))
 COST = eqjax.costs.squared_error()
@@ -137,12 +138,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_four_forced_cpu_devices_give_the_one_device_results():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_on_forced_cpu_devices(SHARDED, 4)
     assert report["ok"]
     assert report["difference"] < 1e-9, report  # float64; members split 8 + 4 (padded) over 4 devices
 
