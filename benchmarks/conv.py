@@ -2,15 +2,15 @@
 
     python -m benchmarks.conv [--chunk 10] [--rounds 5] [--output benchmarks/conv_results.json]
 
-Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 -> max pool
-12x12, 3x3 conv 64 -> max pool 5x5, 10 linear outputs, cross-entropy, batch 32, Adam), trained on
+Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 with padding 2
+-> max pool 14x14, 3x3 conv 64 with padding 1 -> max pool 7x7, 10 linear outputs, cross-entropy, batch 32, Adam), trained on
 Fashion-MNIST exactly as `make train` trains it (`eqjax.train_chunk` under `jax.jit`, data on device),
 from initialisation:
 
-- ``ep``: centered EP, block-coordinate relaxation of at most 20 free / 10 + 10 nudged sweeps,
+- ``ep``: centered EP, block-coordinate relaxation of at most 15 free / 10 + 10 nudged sweeps,
   stopping at the tolerance (as `make train`);
-- ``ep-fixed``: the same with exactly 20 / 10 / 10 sweeps (``tol = 0``);
-- ``bptt``: backpropagation through the 20 unrolled free-phase sweeps of the same energy and
+- ``ep-fixed``: the same with exactly 15 / 10 / 10 sweeps (``tol = 0``);
+- ``bptt``: backpropagation through the 15 unrolled free-phase sweeps of the same energy and
   solver (``eqjax.estimators.BPTT``, the truncated BP baseline of Scellier et al. 2024): the
   gradient EP estimates, computed by reverse-mode AD;
 - ``feedforward``: backprop through the feedforward CNN with the same layers (each clipped to
@@ -46,9 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCH_EXAMPLES = 60_000
 CONFIG = "conv-fmnist"
 CASES = {  # name: (config overrides, table label)
-    "ep": ({}, "EP, centered, <= 20/10/10 sweeps to tol"),
-    "ep-fixed": ({"tol": 0.0, "check_every": 10}, "EP, exactly 20/10/10 sweeps"),
-    "bptt": ({"estimator": "bptt", "tol": 0.0, "check_every": 20}, "BPTT through 20 sweeps"),
+    "ep": ({}, "EP, centered, <= 15/10/10 sweeps to tol"),
+    "ep-fixed": ({"tol": 0.0, "check_every": 5}, "EP, exactly 15/10/10 sweeps"),
+    "bptt": ({"estimator": "bptt", "tol": 0.0, "check_every": 15}, "BPTT through 15 sweeps"),
 }
 
 

@@ -154,6 +154,9 @@ def load_data(config: dict, data_dir) -> dict:
         raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
                          f"{config['batch_size']}")
     x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
+    if config.get("standardise", False):  # the training pixels' mean and std, applied to every split
+        mean, std = jnp.mean(x), jnp.std(x)
+        x, x_val, x_test = ((part - mean) / std for part in (x, x_val, x_test))
     return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
 

@@ -162,3 +162,14 @@ def test_stochastic_solver_trains_and_evaluates_with_its_own_keys(tmp_path):
                       "--set", "step_size=0.5"])
     epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert epoch["kind"] == "epoch" and 0.0 <= epoch["test_error"] <= 1.0, epoch
+
+
+def test_standardise_uses_the_training_pixels_statistics_for_every_split():
+    config = {"dataset": "mnist", "train_limit": 1000, "test_limit": 300, "validation": 200, "batch_size": 16}
+    raw = train.load_data(config, None)
+    scaled = train.load_data(config | {"standardise": True}, None)
+    mean, std = float(np.mean(raw["x"])), float(np.std(raw["x"]))
+    assert abs(float(np.mean(scaled["x"]))) < 1e-5 and abs(float(np.std(scaled["x"])) - 1) < 1e-5  # float32 sums
+    # held-out and test images move by the training statistics, not their own
+    for split in ("x_val", "x_test"):
+        np.testing.assert_allclose(scaled[split], (raw[split] - mean) / std, rtol=1e-5, atol=1e-5)
