@@ -15,7 +15,8 @@ from eqjax.models.hopfield import ENERGIES
 # absent (a default applies) and can still be set with `--set`.
 OPTIONAL = ("estimator", "eta", "num_phases", "init_scheme", "linear_output", "nudged_steps", "eval_steps",
             "warm_start", "persistent", "random_sign", "check_every", "history", "mixing", "temperature",
-            "anneal", "step_size", "standardise")
+            "anneal", "step_size", "standardise", "crop_padding", "flip", "momentum", "weight_decay",
+            "schedule", "schedule_epochs")
 CONFIGS = {
     # Scellier et al. 2023/2024 deep Hopfield networks, with the settings of their code: hard-
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
@@ -80,12 +81,29 @@ CONFIGS = {
                         tol=1e-4, free_steps=15, nudged_steps=10, check_every=5, eval_steps=40, beta=0.5,
                         variant="centered", batch_size=32, optimizer="adam", learning_rate=1e-3, decay=0.95,
                         standardise=True, warm_start=False),
+    # Laborieux et al. 2021's CIFAR-10 net, for an accelerator: 3x3 convs with 128, 256, 512, 512
+    # channels (paddings 1, 1, 1, 0), 2x2 max pooling after each (maps 16, 8, 4, 1), 10 linear
+    # outputs with a cross-entropy cost, centered EP beta = 1 (ANCHORS.md), SGD with momentum 0.9,
+    # weight decay 3e-4, per-layer rates 0.25 / 0.15 / 0.1 / 0.08 / 0.05 on a cosine schedule over
+    # 120 epochs, batch 128, random crops (4 pixels of padding) and flips, inputs standardised per
+    # channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become 60 / 20 block-
+    # coordinate sweeps (Scellier et al. 2023's budget for asynchronous updates), and their
+    # activation clip(s / 2, 0, 1) is clip(s, 0, 1) here (the same fixed points with weights scaled
+    # by 1/2). Run: make train ARGS="--model conv-cifar10 --dataset cifar10 --data-dir DIR".
+    "conv-cifar10": dict(family="conv", sizes=[3072, 128, 256, 512, 512, 10], num_conv=4, image_shape=[32, 32, 3],
+                         kernel=3, padding=[1, 1, 1, 0], pooling="max", readout="hopfield", linear_output=True,
+                         gain=1.0, init_scheme="kaiming", cost="cross_entropy", solver="block_coordinate",
+                         tol=1e-4, free_steps=60, nudged_steps=20, check_every=5, eval_steps=100, beta=1.0,
+                         variant="centered", batch_size=128, optimizer="sgd", momentum=0.9, weight_decay=3e-4,
+                         learning_rate=[0.25, 0.15, 0.1, 0.08, 0.05], schedule="cosine", schedule_epochs=120,
+                         decay=1.0, standardise=True, crop_padding=4, flip=True, warm_start=False),
 }
 
 
 COSTS = ("squared_error", "squared_error_full", "cross_entropy")
 SOLVERS = ("block_coordinate", "gradient_descent", "anderson", "langevin")
 ESTIMATORS = ("ep", "holomorphic", "contrastive", "coupled", "implicit", "bptt")
+SCHEDULES = ("exponential", "cosine")
 
 
 def _number(value) -> bool:
@@ -116,15 +134,19 @@ RULES = {
     "eta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
     "num_phases": (lambda v: _count(v) and v >= 2, "an int >= 2"),
     "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "crop_padding": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
     "gain": (lambda v: _number(v) and v > 0, "a number > 0"),
     "input_gain": (lambda v: _number(v) and v > 0, "a number > 0"),
     "learning_rate": (lambda v: (_number(v) and v >= 0) or (isinstance(v, list) and v and all(_number(r) and r >= 0 for r in v)),
                       "a number >= 0 or a list of them, one per layer"),
     **{name: (_count, "an int >= 1") for name in ("batch_size", "free_steps", "nudged_steps", "eval_steps",
-                                                    "check_every")},
+                                                    "check_every", "schedule_epochs")},
     **{name: (lambda v: isinstance(v, bool), "true or false") for name in ("warm_start", "persistent",
                                                                             "random_sign", "linear_output",
-                                                                            "standardise")},
+                                                                            "standardise", "flip")},
 }
 
 
@@ -157,6 +179,10 @@ def validate(config: dict) -> None:
     if isinstance(config.get("learning_rate"), list) and len(config["learning_rate"]) != len(config["sizes"]) - 1:
         raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got "
                          f"{config['learning_rate']}")
+    if (config.get("crop_padding") or config.get("flip")) and config.get("family") != "conv":
+        raise ValueError("crop_padding and flip augment images: they need a conv config (family 'conv')")
+    if config.get("schedule") == "cosine" and "schedule_epochs" not in config:
+        raise ValueError("schedule 'cosine' needs schedule_epochs (the epochs over which the rate decays to 0)")
     if config.get("warm_start") and config.get("persistent"):
         raise ValueError("warm_start and persistent cannot both be true")
 
@@ -250,15 +276,28 @@ def make_solver(config: dict, max_steps: int):
 
 
 def make_optimizer(config: dict) -> optax.GradientTransformation:
-    """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay; a list of rates
-    gives one rate per layer (the biases of layer l use the rate of the weights below them, as in
-    Scellier & Bengio 2017). Resistive networks: SGD or Adam followed by clipping the conductances
-    at zero."""
+    """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay (``decay``), or with
+    ``schedule="cosine"`` a cosine decay to 0 over ``schedule_epochs`` (per batch, Loshchilov &
+    Hutter 2017); SGD takes an optional ``momentum``, and ``weight_decay`` adds ``weight_decay *
+    param`` to the gradient first (PyTorch's ``SGD(weight_decay=...)``, as in Laborieux et al.
+    2021). A list of rates gives one rate per layer (the biases of layer l use the rate of the
+    weights below them, as in Scellier & Bengio 2017). Resistive networks: SGD or Adam followed by
+    clipping the conductances at zero."""
+
+    def schedule(rate):
+        if config.get("schedule") == "cosine":
+            return optax.cosine_decay_schedule(rate, config["schedule_epochs"] * config["batches_per_epoch"])
+        return optax.exponential_decay(rate, transition_steps=config["batches_per_epoch"],
+                                       decay_rate=config["decay"], staircase=True)
 
     def sgd(rate):
-        rule = optax.adam if config.get("optimizer") == "adam" else optax.sgd
-        return rule(optax.exponential_decay(
-            rate, transition_steps=config["batches_per_epoch"], decay_rate=config["decay"], staircase=True))
+        if config.get("optimizer") == "adam":
+            rule = optax.adam(schedule(rate))
+        else:
+            rule = optax.sgd(schedule(rate), momentum=config.get("momentum") or None)
+        if config.get("weight_decay"):
+            return optax.chain(optax.add_decayed_weights(config["weight_decay"]), rule)
+        return rule
 
     rates = config["learning_rate"]
     if config.get("family") == "resistive":  # conductances stay non-negative after every update

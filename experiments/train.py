@@ -43,7 +43,8 @@ RUN_OPTIONS = {"model": "dhn-1h", "dataset": "mnist", "seed": 0, "train_limit": 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(configs.CONFIGS), help="named config (default dhn-1h)")
-    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default mnist")
+    parser.add_argument("--dataset", choices=["mnist", "fashion-mnist", "cifar10"],
+                        help="default mnist; cifar10 reads the python batches from --data-dir or $EQJAX_DATA")
     parser.add_argument("--epochs", type=int, help="total epochs (default 5, or the resumed run's)")
     parser.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
     parser.add_argument("--resume", type=Path, help="run directory to continue (with its own settings; only "
@@ -154,10 +155,32 @@ def load_data(config: dict, data_dir) -> dict:
         raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
                          f"{config['batch_size']}")
     x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
-    if config.get("standardise", False):  # the training pixels' mean and std, applied to every split
-        mean, std = jnp.mean(x), jnp.std(x)
+    if config.get("standardise", False):
+        mean, std = pixel_statistics(x, config.get("image_shape", [1])[-1])
         x, x_val, x_test = ((part - mean) / std for part in (x, x_val, x_test))
     return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
+
+
+def pixel_statistics(x: jax.Array, channels: int) -> tuple[jax.Array, jax.Array]:
+    """Mean and standard deviation of the training pixels ``x`` ``(N, H * W * C)`` per channel
+    (flat images are row-major ``(H, W, C)``: the channel is the fastest axis), tiled to ``x``'s
+    feature axis so that ``(x - mean) / std`` standardises every channel. The ``standardise``
+    config entry applies them to every split."""
+    rows = x.reshape(-1, channels)
+    repeat = x.shape[1] // channels
+    return jnp.tile(rows.mean(axis=0), repeat), jnp.tile(rows.std(axis=0), repeat)
+
+
+def augmentation(config: dict):
+    """``augment(xs, key)`` for a chunk of batches ``xs`` ``(chunks, batch, features)``: a random
+    crop after ``crop_padding`` pixels of zero padding and a random horizontal flip (``flip``) per
+    image (:class:`eqjax.images.Pipeline`; the padding is applied to the inputs as stored, i.e.
+    after ``standardise``). ``None`` when the config asks for neither."""
+    if not config.get("crop_padding", 0) and not config.get("flip", False):
+        return None
+    pipeline = eqjax.images.Pipeline(image_shape=tuple(config["image_shape"]), padding=config.get("crop_padding", 0),
+                                     flip=config.get("flip", False))
+    return jax.jit(lambda xs, key: pipeline(xs.reshape(-1, xs.shape[-1]), key).reshape(xs.shape))
 
 
 def evaluate_error(model, cost, solver, params, x, y, key, batch=2000):
@@ -248,7 +271,8 @@ class Training:
         self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer)
         self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
         self.base_key = jax.random.key(config["seed"] + 1)
-        self.eval_key = jax.random.split(self.base_key)[0]  # apart from the batches' fold_in keys
+        self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
+        self.augment = augmentation(config)
         self.chunks_done, self.last_save = 0, time.monotonic()
 
     def start_state(self, resume: bool):
@@ -277,7 +301,10 @@ class Training:
         batches = len(order)
         idx = order[first:last]
         keys = jax.vmap(lambda i: jax.random.fold_in(self.base_key, i))(jnp.arange(first, last) + epoch * batches)
-        params, opt_state, state, metrics = self.chunk_fn(*carry, self.solver, self.estimator, self.data["x"][idx],
+        xs = self.data["x"][idx]
+        if self.augment is not None:
+            xs = self.augment(xs, jax.random.fold_in(self.augment_key, first + epoch * batches))
+        params, opt_state, state, metrics = self.chunk_fn(*carry, self.solver, self.estimator, xs,
                                                           self.data["y"][idx], idx, keys)
         summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
         record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,

@@ -2,11 +2,13 @@
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -71,3 +73,17 @@ def run_on_forced_cpu_devices(code: str, count: int, timeout: int = 600):
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_cifar(folder, per_batch, rng):
+    """Generated CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) of ``per_batch``
+    random images each in ``folder``; ``{name: (pixels (n, 3072) uint8, labels)}``."""
+    folder.mkdir(parents=True)
+    expected = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        pixels = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": pixels}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        expected[name] = (pixels, labels)
+    return expected

@@ -10,6 +10,8 @@ import pytest
 from eqjax import data
 from eqjax.data import DatasetCorruptError, DatasetNotFoundError
 
+from conftest import write_cifar
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 array as an IDX file (magic 0x0000080N, big-endian dimensions)."""
@@ -102,18 +104,6 @@ def test_missing_dataset_says_how_to_get_it(monkeypatch, tmp_path):
         data.load("imagenet")
     with pytest.raises(ValueError, match="split must be one of"):
         data.load("mnist", "valid")
-
-
-def write_cifar(folder, per_batch, rng):
-    folder.mkdir(parents=True)
-    expected = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        pixels = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": pixels}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-        expected[name] = (pixels, labels)
-    return expected
 
 
 def test_cifar_batches(monkeypatch, tmp_path):
