@@ -66,6 +66,7 @@ def test_set_overrides_known_and_optional_entries_only(tmp_path):
     assert json.loads((run / "config.json").read_text())["estimator"] == "implicit"
 
 
+@pytest.mark.slow  # 20 s: a script's smoke test (make test-slow)
 def test_device_sweep_writes_results_and_plot(tmp_path):
     run = devices.main(["--train-limit", "400", "--test-limit", "200", "--epochs", "1", "--levels", "16",
                         "--noise", "0.5", "--runs-dir", str(tmp_path)])
@@ -96,6 +97,7 @@ def run_bench(module: str, output: Path, *args: str):
     return done.stdout, json.loads(output.read_text())
 
 
+@pytest.mark.slow  # 21 s: a script's smoke test (make test-slow)
 def test_bench_runs_every_case_and_writes_its_figures(tmp_path):
     # a tiny `make bench` (2 batches per chunk, one timed round)
     stdout, results = run_bench("run", tmp_path / "results.json", "--chunk", "2", "--rounds", "1")
@@ -145,6 +147,7 @@ def test_validation_split_and_early_stopping(tmp_path):
         data.holdout(np.arange(10), np.arange(10), 10)
 
 
+@pytest.mark.slow  # 28 s: a script's smoke test (make test-slow)
 def test_sweep_bench_runs_and_its_members_match_the_sequential_runs(tmp_path):
     # a tiny sweep bench (3 batches per member, one timed round)
     _, result = run_bench("sweep", tmp_path / "sweep.json", "--batches", "3", "--rounds", "1")
