@@ -2,10 +2,11 @@
 
     python -m benchmarks.conv [--chunk 10] [--rounds 5] [--output benchmarks/conv_results.json]
 
-Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 with padding 2
--> max pool 14x14, 3x3 conv 64 with padding 1 -> max pool 7x7, 10 linear outputs, cross-entropy, batch 32, Adam), trained on
-Fashion-MNIST exactly as `make train` trains it (`eqjax.train_chunk` under `jax.jit`, data on device),
-from initialisation:
+Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 with padding
+2 -> max pool 14x14, 3x3 conv 64 with padding 1 -> max pool 7x7, 10 linear outputs, cross-entropy,
+batch 32, Adam), trained on Fashion-MNIST exactly as `make train` trains it (`eqjax.train_chunk`
+under `jax.jit`, data on device; the pixels are not standardised here, which changes no
+arithmetic), from initialisation:
 
 - ``ep``: centered EP, block-coordinate relaxation of at most 15 free / 10 + 10 nudged sweeps,
   stopping at the tolerance (as `make train`);
@@ -37,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax.models.conv import conv, pool
 from benchmarks.run import EPCase, compile_with_memory, timed
 from experiments import configs
 from experiments.splits import load_split
@@ -63,19 +63,7 @@ class FeedforwardCase:
         self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config["batch_size"]
         self.times, self.steps = [], []
 
-        def forward(p, xb):
-            a = model.input_field(p, xb)
-            for k in range(model.num_conv):
-                if k:
-                    a = pool(conv(a, p["weights"][k], model.paddings[k]), model.pools[k], model.pool_size)
-                a = jnp.clip(a + p["biases"][k], 0.0, 1.0)
-            a = a.reshape(len(a), -1)
-            for w, b, (lo, hi) in zip(p["weights"][model.num_conv:], p["biases"][model.num_conv:],
-                                      model.bounds[model.num_conv:]):
-                a = jnp.clip(a @ w + b, lo, hi)
-            return a
-
-        loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(forward(p, xb), yb))
+        loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(model.feedforward(p, xb), yb))
 
         @jax.jit
         def chunk(p, s, xs, ys):

@@ -254,6 +254,22 @@ class ConvHopfield(EnergyModel):
         """The output units of one example, ``(num_classes,)``."""
         return state[-1]
 
+    def feedforward(self, params: dict, x: jax.Array) -> jax.Array:
+        """The outputs ``(B, num_classes)`` of the feedforward CNN with the same layers: each layer
+        ``clip(P_k(W_k * s_{k-1}) + b_k)`` (dense: ``clip(s W + b)``) into its box, computed once
+        from the input with no feedback from the layers above. The backprop baseline of the same
+        architecture (Laborieux et al. 2021 compare EP with it); ``x`` ``(B, H * W * C)``."""
+        weights, biases, bounds = params["weights"], params["biases"], self.bounds
+        a = self.input_field(params, x)
+        for k in range(self.num_conv):
+            if k:
+                a = pool(conv(a, weights[k], self.paddings[k]), self.pools[k], self.pool_size)
+            a = jnp.clip(a + biases[k].astype(a.dtype), *bounds[k])
+        a = _flat(a)
+        for w, b, (lo, hi) in zip(weights[self.num_conv:], biases[self.num_conv:], bounds[self.num_conv:]):
+            a = jnp.clip(a @ w.astype(a.dtype) + b.astype(a.dtype), lo, hi)
+        return a
+
 
 def layer_shapes(image_shape, channels, kernels, paddings, pools, pool_size, dense, num_classes):
     """Per-example state shapes: ``(H_k, W_k, C_k)`` per conv layer, ``(n_m,)`` per dense layer,
