@@ -210,3 +210,24 @@ def test_conv_bench_runs_every_case_and_writes_its_figures(tmp_path):
     assert set(results) >= {"ep", "ep-fixed", "bptt", "feedforward"}
     assert all(results[name]["seconds_per_epoch"] > 0 for name in ("ep", "bptt", "feedforward"))
     assert results["ep-fixed"]["mean_steps"]["free_steps"] == 15  # tol = 0 runs every sweep
+
+
+@pytest.mark.parametrize("kernel, padding, complex_input", [(3, 1, False), (5, 0, False), (5, 2, True)])
+def test_parameter_gradient_convolution_equals_jax_transpose(kernel, padding, complex_input):
+    # conv_for_parameter_gradients computes the kernel cotangent as its own convolution (fast in
+    # loops on a CPU); values and the input cotangent must equal JAX's rule, for real and complex
+    # inputs (holomorphic EP relaxes complex states; the kernel stays real)
+    from eqjax.models.conv import conv, conv_for_parameter_gradients
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    a = jax.random.normal(keys[0], (3, 9, 8, 2), jnp.float64)
+    if complex_input:
+        a = a + 1j * jax.random.normal(keys[1], a.shape, jnp.float64)
+    w = jax.random.normal(keys[2], (kernel, kernel, 2, 4), jnp.float64)
+    g = jax.random.normal(keys[3], conv(a, w, padding).shape, jnp.float64)
+    loss = lambda f: lambda a_, w_: jnp.sum(jnp.real(f(a_, w_, padding) * g))
+    expected, fast = jax.grad(loss(conv), (0, 1))(a, w), jax.grad(loss(conv_for_parameter_gradients), (0, 1))(a, w)
+    np.testing.assert_allclose(conv_for_parameter_gradients(a, w, padding), conv(a, w, padding), rtol=1e-12)
+    for e, f in zip(expected, fast):
+        assert f.dtype == e.dtype
+        np.testing.assert_allclose(f, e, rtol=1e-10, atol=1e-10)  # float64: round-off only

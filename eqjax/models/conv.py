@@ -66,6 +66,7 @@ c_M, b_o)}`` with ``W_k`` ``(kernel_k, kernel_k, C_{k-1}, C_k)`` (HWIO), ``V_m``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -86,6 +87,43 @@ def conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     A cross-correlation, as in every deep learning library."""
     return jax.lax.conv_general_dilated(a, w.astype(a.dtype), (1, 1), [(padding, padding)] * 2,
                                         dimension_numbers=_DIMENSIONS)
+
+
+def weight_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> jax.Array:
+    """The cotangent of the kernel of ``conv(a, w, padding)`` for the output cotangent ``g``:
+    ``dw[i, j, c, o] = sum_{b, y, x} a_pad[b, y + i, x + j, c] g[b, y, x, o]``, ``(kernel, kernel,
+    C_in, C_out)``, written as one convolution with the examples as its features (``a`` as
+    ``(C_in, H, W, B)``, ``g`` as the kernel ``(H_out, W_out, B, C_out)``). It equals JAX's own
+    transpose of the convolution, which XLA's CPU backend runs 30-50 times slower inside a loop
+    (``lax.scan`` of training steps; measured on the conv-fmnist layers, see BENCHMARKS.md)."""
+    out = jax.lax.conv_general_dilated(a.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                       [(padding, padding)] * 2, dimension_numbers=_DIMENSIONS)
+    assert out.shape[1:3] == (kernel, kernel), (out.shape, kernel)
+    return out.transpose(1, 2, 0, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_for_parameter_gradients(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """:func:`conv` with a reverse-mode rule whose kernel cotangent is :func:`weight_gradient`
+    (same values, fast inside loops on a CPU). Reverse mode only: JAX cannot take forward-mode
+    derivatives of a ``custom_vjp`` function, so the relaxation (whose solvers may use ``jvp``)
+    keeps :func:`conv`; the parameter gradients of EP (:meth:`ConvHopfield.energy_difference`)
+    and of backprop (:meth:`ConvHopfield.feedforward`) use this one."""
+    return conv(a, w, padding)
+
+
+def _conv_forward(a, w, padding):
+    return conv(a, w, padding), (a, w)
+
+
+def _conv_backward(padding, residuals, g):
+    a, w = residuals
+    (da,) = jax.linear_transpose(lambda a_: conv(a_, w, padding), a)(g)
+    dw = weight_gradient(a, g, w.shape[0], padding)
+    return da, (dw if jnp.iscomplexobj(w) else dw.real).astype(w.dtype)
+
+
+conv_for_parameter_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 def pool(a: jax.Array, kind: str, size: int) -> jax.Array:
@@ -200,14 +238,15 @@ class ConvHopfield(EnergyModel):
 
     # --- energy -----------------------------------------------------------------------------------
 
-    def input_field(self, params: dict, x: jax.Array) -> jax.Array:
+    def input_field(self, params: dict, x: jax.Array, convolve=conv) -> jax.Array:
         """``P_1(W_1 * x)`` for a batch of flat images ``x`` ``(B, H * W * C)``: the first layer's
-        input field ``(B, H_1, W_1, C_1)``, independent of the state."""
-        return pool(conv(self.images(x), params["weights"][0], self.paddings[0]), self.pools[0], self.pool_size)
+        input field ``(B, H_1, W_1, C_1)``, independent of the state. ``convolve``: :func:`conv` or
+        :func:`conv_for_parameter_gradients` (the same values)."""
+        return pool(convolve(self.images(x), params["weights"][0], self.paddings[0]), self.pools[0], self.pool_size)
 
-    def internal_energies(self, params: dict, states: tuple) -> jax.Array:
+    def internal_energies(self, params: dict, states: tuple, convolve=conv) -> jax.Array:
         """Per-example energies ``(B,)`` of batched ``states``, without the input term
-        ``-s_1 . P_1(W_1 * x)``."""
+        ``-s_1 . P_1(W_1 * x)``. ``convolve`` as in :meth:`input_field`."""
         weights, biases, K = params["weights"], params["biases"], self.num_conv
         hidden = states[:-1]
         energy = sum(0.5 * _dot(s, s) for s in hidden)
@@ -215,7 +254,7 @@ class ConvHopfield(EnergyModel):
             s = states[k]
             energy = energy - _dot(s, jnp.broadcast_to(biases[k].astype(s.dtype), s.shape))
             if k > 0:
-                field = pool(conv(states[k - 1], weights[k], self.paddings[k]), self.pools[k], self.pool_size)
+                field = pool(convolve(states[k - 1], weights[k], self.paddings[k]), self.pools[k], self.pool_size)
                 energy = energy - _dot(s, field)
         below = _flat(states[K - 1])
         for m in range(len(self.dense)):
@@ -245,10 +284,13 @@ class ConvHopfield(EnergyModel):
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array) -> jax.Array:
         """``E(state_a) - E(state_b)`` for one example, with the input term factored as
-        ``-(a_1 - b_1) . P_1(W_1 * x)``: one input convolution instead of two (EP's weight update)."""
+        ``-(a_1 - b_1) . P_1(W_1 * x)``: one input convolution instead of two (EP's weight update).
+        Differentiate it in reverse mode only (its convolutions are
+        :func:`conv_for_parameter_gradients`)."""
         a, b, x = tuple(s[None] for s in state_a), tuple(s[None] for s in state_b), x[None]
-        internal = self.internal_energies(params, a) - self.internal_energies(params, b)
-        return (internal - _dot(a[0] - b[0], self.input_field(params, x)))[0]
+        convolve = conv_for_parameter_gradients
+        internal = self.internal_energies(params, a, convolve) - self.internal_energies(params, b, convolve)
+        return (internal - _dot(a[0] - b[0], self.input_field(params, x, convolve)))[0]
 
     def output(self, state: tuple) -> jax.Array:
         """The output units of one example, ``(num_classes,)``."""
@@ -260,10 +302,10 @@ class ConvHopfield(EnergyModel):
         from the input with no feedback from the layers above. The backprop baseline of the same
         architecture (Laborieux et al. 2021 compare EP with it); ``x`` ``(B, H * W * C)``."""
         weights, biases, bounds = params["weights"], params["biases"], self.bounds
-        a = self.input_field(params, x)
+        a = self.input_field(params, x, conv_for_parameter_gradients)
         for k in range(self.num_conv):
             if k:
-                a = pool(conv(a, weights[k], self.paddings[k]), self.pools[k], self.pool_size)
+                a = pool(conv_for_parameter_gradients(a, weights[k], self.paddings[k]), self.pools[k], self.pool_size)
             a = jnp.clip(a + biases[k].astype(a.dtype), *bounds[k])
         a = _flat(a)
         for w, b, (lo, hi) in zip(weights[self.num_conv:], biases[self.num_conv:], bounds[self.num_conv:]):
