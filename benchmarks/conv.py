@@ -18,6 +18,10 @@ arithmetic), from initialisation:
   [0, 1], same pooling and output), one forward and backward pass per batch: the cost of the
   architecture itself.
 
+It also times 50 kernel gradients of the second conv layer inside one ``lax.scan``, by JAX's own
+transpose of the convolution and by :func:`eqjax.models.conv.weight_gradient` (which the
+parameter gradients use: XLA's CPU backend runs the former far slower inside loops).
+
 Timing as in `make bench`: everything compiled first, one warm-up round, then rounds that time one
 chunk of every case back to back (interleaved, so a burst of load from other jobs hits every case of
 that round); seconds per 60,000-example epoch and EP/BP ratios are medians over rounds. Prints a
@@ -37,6 +41,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import optax
+
+from eqjax.models.conv import conv, weight_gradient
 
 from benchmarks.run import EPCase, compile_with_memory, timed
 from experiments import configs
@@ -89,6 +95,32 @@ class FeedforwardCase:
         return seconds
 
 
+def kernel_gradient_in_a_loop(rounds: int = 3, steps: int = 50) -> dict:
+    """Seconds for ``steps`` kernel cotangents of the conv-fmnist net's second layer (batch 32,
+    14x14x32 -> 64, 3x3) inside one ``lax.scan``, computed by JAX's transpose of the convolution
+    (``jax.vjp`` of :func:`~eqjax.models.conv.conv`) and by
+    :func:`~eqjax.models.conv.weight_gradient` (what EP's and backprop's parameter gradients use),
+    medians of ``rounds`` after a warm-up, and their ratio."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    a = jax.random.normal(keys[0], (32, 14, 14, 32))
+    w = 0.05 * jax.random.normal(keys[1], (3, 3, 32, 64))
+    g = jax.random.normal(keys[2], (32, 14, 14, 64))
+    transpose = lambda a_: jax.vjp(lambda k: conv(a_, k, 1), w)[1](g)[0]
+    explicit = lambda a_: weight_gradient(a_, g, 3, 1)
+
+    def in_a_loop(gradient):  # the carry changes every step, so nothing is hoisted out of the loop
+        step = lambda carry, _: (0.999 * carry + 1e-6 * jnp.sum(gradient(carry)), None)
+        return jax.jit(lambda a_: jax.lax.scan(step, a_, None, length=steps)[0])
+
+    seconds = {}
+    for name, gradient in (("jax_transpose", transpose), ("weight_gradient", explicit)):
+        fn = in_a_loop(gradient)
+        timed(fn, a)  # compile and warm up
+        seconds[name] = statistics.median(timed(fn, a)[0] for _ in range(rounds))
+    seconds["ratio"] = seconds["jax_transpose"] / seconds["weight_gradient"]
+    return seconds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk", type=int, default=10, help="batches of 32 per timed chunk")
@@ -128,6 +160,9 @@ def main(argv=None):
         shown = ", ".join(f"{k.removesuffix('_steps')} {v:.1f}" for k, v in steps.items()) or "-"
         print(f"| {labels[name]} | {results[name]['seconds_per_epoch']:.0f} | {compiled[name]:.1f} | {ratio:.2f} | "
               f"{shown} |")
+    results["kernel_gradient_in_a_loop"] = loop = kernel_gradient_in_a_loop()
+    print(f"\n50 kernel gradients in one lax.scan: JAX's transpose {loop['jax_transpose']:.2f} s, "
+          f"weight_gradient {loop['weight_gradient']:.2f} s ({loop['ratio']:.0f}x)")
     args.output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.output}")
     return results
