@@ -47,8 +47,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import eqjax  # noqa: E402
-from experiments import configs  # noqa: E402
-from experiments.splits import load_split  # noqa: E402
+from experiments import configs, train  # noqa: E402
 
 TRACED = ("beta", "eta", "learning_rate", "tol", "step_size", "decay", "seed")
 EVAL_BATCH = 1000
@@ -274,6 +273,8 @@ def main(argv=None):
             configs.validate(dict(base, **member))
         except ValueError as error:
             raise SystemExit(f"--grid/--set: {error}") from None
+        if dict(base, **member).get("crop_padding") or dict(base, **member).get("flip"):
+            raise SystemExit("make sweep does not augment images (crop_padding, flip); train such configs with make train")
     if run_dir is None and primary:
         name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = args.runs_dir / name
@@ -281,15 +282,14 @@ def main(argv=None):
         (run_dir / "sweep.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else list(argv),
                                                          "axes": axes}, indent=2))
 
-    images, labels = load_split(args.dataset, "train", args.train_limit, args.data_dir)
-    (x, y), (x_val, y_val) = eqjax.data.holdout(images, labels, args.validation)
-    x_test, y_test = load_split(args.dataset, "test", args.test_limit, args.data_dir)
+    # the splits of make train (standardised when the config says so)
+    data = train.load_data(dict(base, dataset=args.dataset, train_limit=args.train_limit, test_limit=args.test_limit,
+                                validation=args.validation), args.data_dir)
+    x, y, x_val, y_val, x_test, y_test = (data[k] for k in ("x", "y", "x_val", "y_val", "x_test", "y_test"))
     if args.validation == 0:
         x_val, y_val = x_test, y_test  # the papers' setting: select on test (reported as such)
     batch = base["batch_size"]
     batches = len(x) // batch
-    if batches < 1:
-        raise SystemExit(f"{len(x)} training examples make no batch of {batch}")
     orders = np.stack([np.random.default_rng([args.data_seed, e]).permutation(len(x))[: batches * batch]
                        .reshape(batches, batch) for e in range(args.epochs)])
     keys = jax.vmap(lambda e: jax.random.split(jax.random.fold_in(jax.random.key(args.data_seed + 1), e), batches))(
