@@ -181,6 +181,11 @@ def validate(config: dict) -> None:
                          f"{config['learning_rate']}")
     if (config.get("crop_padding") or config.get("flip")) and config.get("family") != "conv":
         raise ValueError("crop_padding and flip augment images: they need a conv config (family 'conv')")
+    if config.get("momentum") and config.get("optimizer") == "adam":
+        raise ValueError("momentum applies to SGD; Adam keeps its own moment estimates")
+    extras = [k for k in ("momentum", "weight_decay", "schedule") if k in config]
+    if extras and config.get("family") == "resistive":
+        raise ValueError(f"{extras} are not supported for resistive networks (plain SGD or Adam, then clipping)")
     if config.get("schedule") == "cosine" and "schedule_epochs" not in config:
         raise ValueError("schedule 'cosine' needs schedule_epochs (the epochs over which the rate decays to 0)")
     if config.get("warm_start") and config.get("persistent"):

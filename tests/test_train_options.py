@@ -47,6 +47,11 @@ def test_cosine_schedule_reaches_zero_after_its_epochs_and_needs_them():
     assert steps[20] == pytest.approx(0.0, abs=1e-9)  # decayed to 0 after schedule_epochs
     with pytest.raises(ValueError, match="schedule_epochs"):
         configs.validate(dict(configs.CONFIGS["tiny"], schedule="cosine"))
+    # options a config would silently ignore are refused
+    with pytest.raises(ValueError, match="momentum applies to SGD"):
+        configs.validate(dict(configs.CONFIGS["conv-fmnist"], momentum=0.9))
+    with pytest.raises(ValueError, match="not supported for resistive"):
+        configs.validate(dict(configs.CONFIGS["drn-xs"], weight_decay=1e-4))
 
 
 def test_augmentation_entries_are_checked():
