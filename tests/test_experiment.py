@@ -176,3 +176,16 @@ def test_standardise_uses_the_training_pixels_statistics_for_every_split():
     # held-out and test images move by the training statistics, not their own
     for split in ("x_val", "x_test"):
         np.testing.assert_allclose(scaled[split], (raw[split] - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_budget_reports_error_and_convergence_per_sweep_budget(tmp_path):
+    from experiments import eval_budget
+
+    run = train.main(["--model", "tiny", "--epochs", "1", "--train-limit", "320", "--test-limit", "100",
+                      "--runs-dir", str(tmp_path)])
+    rows = eval_budget.main([str(run), "--steps", "1", "200", "--test-limit", "100"])
+    assert [r["sweeps"] for r in rows] == [1, 200]
+    assert rows[0]["converged"] == 0.0 and rows[1]["converged"] > 0.9  # one sweep from zero never settles
+    # the 200-sweep error is the one make train's evaluation reports at its (converged) budget
+    final = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert rows[1]["test_error"] == pytest.approx(final["test_error"], abs=0.02)  # 2 of 100 images
