@@ -136,15 +136,15 @@ class GradientDescent(Solver):
         return project(tuple(s - self.step_size * g for s, g in zip(state, grad)), bounds), solver_state
 
 
-def _layer_newton_step(F: Callable, state: tuple, layers: tuple[int, ...], bounds) -> tuple:
-    """Minimise ``F`` over the given layers jointly, the others fixed, for per-layer quadratics.
+def _layer_step(F: Callable, state: tuple, layers: tuple[int, ...], bounds, newton: bool) -> tuple:
+    """Update the given layers jointly, the others fixed: ``s - g / h`` per unit, clipped to the box.
 
-    The layers must not interact with each other (e.g. all even layers). For each unit the step is
-    ``s - g / h`` with ``g = dF/ds`` and ``h = d2F/ds2`` (the diagonal curvature, obtained as the
-    Hessian-vector product with a vector of ones, exact when layers have no intra-layer coupling),
-    then clipped to the box. For the bilinear energy with a quadratic cost this is the exact
-    minimiser (Scellier et al. 2023); for a non-quadratic cost it is a diagonal Newton step.
-    Curvatures that are not positive fall back to 1 (a plain ``s - dF/ds`` step).
+    ``g = dF/ds``. With ``newton`` (static) ``h`` is the diagonal curvature ``d2F/ds2``, obtained as
+    the Hessian-vector product with a vector of ones: exact when the layers interact neither with
+    each other (e.g. all even layers) nor within themselves, and then, for the bilinear energy with
+    a quadratic cost, the step is the exact block minimiser (Scellier et al. 2023); for a
+    non-quadratic cost it is a diagonal Newton step. Curvatures that are not positive fall back to
+    1. Without ``newton``, ``h = 1``: the fixed-point update ``s <- clip(s - dF/ds)``.
     """
 
     def restricted(sub):
@@ -154,15 +154,30 @@ def _layer_newton_step(F: Callable, state: tuple, layers: tuple[int, ...], bound
         return F(tuple(full))
 
     sub = tuple(state[i] for i in layers)
-    grad, curvature = jax.jvp(jax.grad(restricted), (sub,), (jax.tree.map(jnp.ones_like, sub),))
-    new_sub = project(
-        tuple(s - g / jnp.where(h > 0, h, 1.0) for s, g, h in zip(sub, grad, curvature)),
-        tuple(bounds[i] for i in layers),
-    )
+    if newton:
+        grad, curvature = jax.jvp(jax.grad(restricted), (sub,), (jax.tree.map(jnp.ones_like, sub),))
+        steps = tuple(g / jnp.where(h > 0, h, 1.0) for g, h in zip(grad, curvature))
+    else:
+        steps = jax.grad(restricted)(sub)
+    new_sub = project(tuple(s - d for s, d in zip(sub, steps)), tuple(bounds[i] for i in layers))
     full = list(state)
     for i, s in zip(layers, new_sub):
         full[i] = s
     return tuple(full)
+
+
+def _even_odd_sweep(F: Callable, state: tuple, bounds, newton: bool) -> tuple:
+    """One sweep: :func:`_layer_step` on the even layers, then on the odd ones (layers numbered
+    from the clamped input, layer 0, so the state's leaf ``i`` is layer ``i + 1``). Real states only."""
+    if any(jnp.iscomplexobj(s) for s in state):
+        raise TypeError("even/odd sweeps work on real states; relax complex states with GradientDescent")
+    num_layers = len(state)
+    even = tuple(i for i in range(num_layers) if (i + 1) % 2 == 0)
+    odd = tuple(i for i in range(num_layers) if (i + 1) % 2 == 1)
+    for group in (even, odd):
+        if group:
+            state = _layer_step(F, state, group, bounds, newton)
+    return state
 
 
 class BlockCoordinate(Solver):
@@ -180,16 +195,32 @@ class BlockCoordinate(Solver):
     check_every: int = struct.field(pytree_node=False, default=1)
 
     def step(self, F, state, solver_state, bounds):
-        if any(jnp.iscomplexobj(s) for s in state):
-            raise TypeError("BlockCoordinate works on real states; relax complex states with GradientDescent")
-        num_layers = len(state)
-        even = tuple(i for i in range(num_layers) if (i + 1) % 2 == 0)
-        odd = tuple(i for i in range(num_layers) if (i + 1) % 2 == 1)
-        for group in (even, odd):
-            if group:
-                state = _layer_newton_step(F, state, group, bounds)
-        return state, solver_state
+        return _even_odd_sweep(F, state, bounds, newton=True), solver_state
 
+
+class FixedPoint(Solver):
+    """Even/odd fixed-point sweeps ``s <- clip(s - dF/ds)``, even layers then odd (Laborieux et
+    al. 2021's asynchronous dynamics ``s <- sigma(dPhi/ds)`` for energies ``E = 1/2 ||s||^2 - Phi``).
+
+    For energies with unit self-curvature and no intra-layer coupling (bilinear Hopfield nets,
+    :class:`~eqjax.models.ConvHopfield` with the hopfield readout) each step equals
+    :class:`BlockCoordinate`'s. They differ where a layer is coupled within itself: with the
+    projection readout of :class:`~eqjax.models.ConvHopfield`, the last hidden layer ``d``
+    updates as ``clip(field - (o - z)W_o^T)`` (``z = d W_o + b_o`` of the previous sweep), which is
+    Laborieux et al.'s dynamics: in the free phase ``o = z`` and the readout does not act on the
+    network; in a nudged phase ``o - z = -beta dC/do`` nudges ``d``. (:class:`BlockCoordinate`
+    divides there by the Hessian's row sums ``1 + (W_o W_o^T 1)_i``, which are not the diagonal
+    curvature.) A fixed point of the sweep is a stationary point of ``F`` in the box whatever the coupling;
+    the energy need not decrease at every step. Real states only. ``tol`` is traced;
+    ``max_steps`` and ``check_every`` static.
+    """
+
+    tol: float = 1e-4
+    max_steps: int = struct.field(pytree_node=False, default=15)
+    check_every: int = struct.field(pytree_node=False, default=1)
+
+    def step(self, F, state, solver_state, bounds):
+        return _even_odd_sweep(F, state, bounds, newton=False), solver_state
 
 
 class Langevin(Solver):

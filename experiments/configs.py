@@ -103,7 +103,7 @@ CONFIGS = {
 
 
 COSTS = ("squared_error", "squared_error_full", "cross_entropy")
-SOLVERS = ("block_coordinate", "gradient_descent", "anderson", "langevin")
+SOLVERS = ("block_coordinate", "fixed_point", "gradient_descent", "anderson", "langevin")
 ESTIMATORS = ("ep", "holomorphic", "contrastive", "coupled", "implicit", "bptt")
 SCHEDULES = ("exponential", "cosine")
 
@@ -268,12 +268,15 @@ def make_estimator(config: dict, nudged_solver=None):
 
 def make_solver(config: dict, max_steps: int):
     """The config's solver with ``max_steps``; ``check_every`` (default 1) sets how often it tests
-    the tolerance. ``"anderson"``: Anderson acceleration of block-coordinate sweeps (``history``,
-    default 5; ``mixing``, default 1); ``"langevin"``: noisy gradient steps (``step_size``,
-    ``temperature``, ``anneal`` default 1; needs a PRNG key)."""
+    the tolerance. ``"fixed_point"``: even/odd sweeps ``s <- clip(s - dF/ds)``; ``"anderson"``:
+    Anderson acceleration of block-coordinate sweeps (``history``, default 5; ``mixing``, default 1);
+    ``"langevin"``: noisy gradient steps (``step_size``, ``temperature``, ``anneal`` default 1; needs
+    a PRNG key)."""
     tested = dict(tol=config["tol"], max_steps=max_steps, check_every=config.get("check_every", 1))
     if config["solver"] == "block_coordinate":
         return eqjax.solvers.BlockCoordinate(**tested)
+    if config["solver"] == "fixed_point":
+        return eqjax.solvers.FixedPoint(**tested)
     if config["solver"] == "anderson":
         return eqjax.solvers.Anderson(history=config.get("history", 5), mixing=config.get("mixing", 1.0), **tested)
     if config["solver"] == "langevin":

@@ -163,7 +163,7 @@ def test_complex_beta_is_kept_complex_not_cast():
     boxed, p2, x2, y2 = random_problem(4, energy="bilinear")
     with pytest.raises(TypeError, match="complex state needs unbounded layers"):
         eqjax.relax(boxed, COST, solver, p2, x2, y2, phase=Nudge(1j * b))
-    with pytest.raises(TypeError, match="BlockCoordinate works on real states"):
+    with pytest.raises(TypeError, match="even/odd sweeps work on real states"):
         eqjax.relax(model, COST, BlockCoordinate(), params, x, y, phase=Nudge(1j * b))
 
 

@@ -8,7 +8,7 @@ from jax.flatten_util import ravel_pytree
 
 import eqjax
 from eqjax.loop import max_abs_difference
-from eqjax.solvers import BlockCoordinate, GradientDescent
+from eqjax.solvers import BlockCoordinate, FixedPoint, GradientDescent
 from conftest import random_problem
 
 
@@ -66,6 +66,22 @@ def test_block_coordinate_reaches_the_gradient_descent_equilibrium_in_fewer_step
     assert float(max_abs_difference(gd.state, bc.state)) < 1e-8
     # per-sweep contraction ~||W||^2 (Gauss-Seidel) versus (1 + ||W||) / 2 for steps of 0.5
     assert float(bc.num_steps.mean()) * 3 < float(gd.num_steps.mean())
+
+
+def test_fixed_point_equals_block_coordinate_where_curvatures_are_one_and_shares_its_equilibria():
+    model, params, x, y = random_problem(2, sizes=(20, 30, 30, 10), energy="bilinear", gain=0.7,
+                                         bias_scale=0.5, batch=16)
+    cost = eqjax.costs.squared_error()
+    # free phase: every layer has unit self-curvature and no intra-layer coupling, so the
+    # diagonal Newton step divides by exactly 1: the same states, bit for bit
+    free = [eqjax.relax(model, cost, s(0.0, 7), params, x) for s in (FixedPoint, BlockCoordinate)]
+    for a, b in zip(free[0].state, free[1].state):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # nudged: the squared error gives the outputs curvature 1 + beta, which only BlockCoordinate
+    # divides by; both stop within 1e-10 of the same fixed point (a contraction here)
+    nudged = [eqjax.relax(model, cost, s(1e-10, 1_000), params, x, y, phase=0.5) for s in (FixedPoint, BlockCoordinate)]
+    assert bool(nudged[0].converged.all()) and bool(nudged[1].converged.all())
+    assert float(max_abs_difference(nudged[0].state, nudged[1].state)) < 1e-8
 
 
 def test_hitting_max_steps_is_reported():

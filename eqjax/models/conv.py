@@ -20,7 +20,11 @@ the references equals ``s`` on the box, so the activation is the box itself (as 
 deep Hopfield network, :mod:`eqjax.models.hopfield`). The readout ``E_out`` is
 
 - ``readout="hopfield"``: ``1/2 ||o||^2 - o . (d_M W_o + b_o)``, output units in the energy like
-  any layer (boxed by ``output_bounds``, default ``[0, 1]``; use with the squared-error cost);
+  any layer (boxed by ``output_bounds``, default ``[0, 1]``; use with the squared-error cost).
+  With linear outputs, minimising over ``o`` leaves ``-1/2 ||d_M W_o + b_o||^2`` in the energy,
+  concave in ``d_M``: once the readout's singular values exceed 1 it feeds the winning class back
+  and the hidden layers keep drifting as the relaxation goes on (RESULTS.md: on Fashion-MNIST
+  after 3 epochs the test error rose with the number of sweeps);
 - ``readout="projection"``: ``1/2 ||o - (d_M W_o + b_o)||^2``, unbounded ``o``. At the free
   equilibrium ``o = d_M W_o + b_o`` exactly and the output feeds nothing back into the network:
   the output is removed from the energy as in Laborieux et al. 2021's cross-entropy readout, and
@@ -52,11 +56,13 @@ Relaxation:
   slowly than exact block minima (tests/test_conv.py; about 80 sweeps to reach 1e-4 on the
   conv-fmnist net after two small epochs, while its prediction is stable after about 5).
 - The projection readout adds ``1/2 ||d_M W_o||^2``, an intra-layer coupling of ``d_M``: its block
-  step is a Jacobi step (curvature ``1 + diag(W_o W_o^T)``) that raises the energy once
-  ``W_o W_o^T`` has eigenvalues above about 1 (seen after one epoch on Fashion-MNIST: the sweeps
-  oscillate). Relax it with gradient descent (step below ``1 / L``), or use the hopfield readout
-  with linear outputs (``output_bounds=(-inf, inf)``) and a cross-entropy cost, whose block steps
-  stay exact.
+  step divides by the Hessian's row sums ``1 + (W_o W_o^T 1)_i`` instead of the curvature, and
+  can raise the energy once ``W_o W_o^T`` has eigenvalues above about 1 (seen after one epoch on
+  Fashion-MNIST: the sweeps oscillated). Relax it with :class:`~eqjax.solvers.FixedPoint`
+  (Laborieux et al.'s dynamics: in the free phase ``o = d_M W_o + b_o`` after every sweep and the
+  readout acts on nothing; in a nudged phase it nudges ``d_M`` by ``-beta W_o dC/do``; a strong
+  readout and a large ``beta`` can still make those nudged sweeps oscillate), or with gradient
+  descent (step below ``1 / L``).
 
 Parameters: ``{"weights": (W_1, .., W_K, V_1, .., V_M, W_o), "biases": (b_1, .., b_K, c_1, ..,
 c_M, b_o)}`` with ``W_k`` ``(kernel_k, kernel_k, C_{k-1}, C_k)`` (HWIO), ``V_m`` ``(n_{m-1}, n_m)``,
