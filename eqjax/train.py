@@ -109,7 +109,7 @@ def train_epoch(step: Callable) -> Callable:
 
 
 def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, random_sign=False,
-                throw=False) -> Callable:
+                throw=False, step: Callable | None = None) -> Callable:
     """A chunk of training batches as one ``jax.lax.scan``, with the state options of the papers:
 
     ``chunk(params, opt_state, state, solver, estimator, xs, ys, index, keys) -> (params,
@@ -127,10 +127,13 @@ def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, r
     value (see :func:`eqjax.loop.iterate`). With
     ``random_sign`` each batch's :class:`~eqjax.estimators.EP` ``beta`` gets a random sign drawn
     from its key (Scellier & Bengio 2017). Metrics are stacked per batch. Pure; jit it.
+
+    ``step`` is the per-batch update, :func:`train_step` ``(model, cost, optimizer, throw=throw)``
+    by default; :func:`eqjax.parallel.train_step` shards every batch over devices.
     """
     if warm_start and persistent:
         raise ValueError("choose warm_start or persistent, not both")
-    step = train_step(model, cost, optimizer, throw=throw)
+    step = train_step(model, cost, optimizer, throw=throw) if step is None else step
 
     def chunk(params, opt_state, state, solver, estimator, xs, ys, index, keys):
         if random_sign and not isinstance(estimator, EP):

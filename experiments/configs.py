@@ -216,17 +216,19 @@ def build(config: dict):
     return model, cost, solver, estimator, make_optimizer(config)
 
 
-def chunk_function(config: dict, model, cost, optimizer):
+def chunk_function(config: dict, model, cost, optimizer, devices=None):
     """The jitted :func:`eqjax.train_chunk` with the config's state options: ``chunk(params,
-    opt_state, state, solver, estimator, xs, ys, index, keys)``.
+    opt_state, state, solver, estimator, xs, ys, index, keys)``. With more than one of ``devices``
+    every batch is sharded over them (:func:`eqjax.parallel.train_step`).
 
     ``params``, ``opt_state`` and ``state`` are donated: XLA updates them in place instead of
     copying them at every call (for persistent particles the state is a 60,000-row store), so the
     caller must use the returned values, not the arguments, afterwards.
     """
+    step = eqjax.parallel.train_step(model, cost, optimizer, devices) if devices and len(devices) > 1 else None
     return jax.jit(eqjax.train_chunk(
         model, cost, optimizer, warm_start=config.get("warm_start", False),
-        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False)),
+        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False), step=step),
         donate_argnums=(0, 1, 2))
 
 

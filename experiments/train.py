@@ -13,7 +13,10 @@ Nothing is lost or silently wrong: options are validated before anything is writ
 directory is locked while a process trains in it; a non-finite loss or parameter stops the run at
 once, logs the chunk with null values and "diverged": true, and keeps the last good checkpoint; a
 missing, corrupt or foreign checkpoint is refused on --resume, which also refuses options that
-would change the run (only --epochs, --checkpoint-seconds and --data-dir may be given).
+would change the run (only --epochs, --checkpoint-seconds, --data-dir and --devices may be given).
+
+Every batch is sharded over all the devices JAX sees (--devices N for fewer): parameters
+replicated, gradients averaged (eqjax.parallel); one CPU or GPU runs the plain step.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ def parse_args(argv=None):
                         help="default mnist; cifar10 reads the python batches from --data-dir or $EQJAX_DATA")
     parser.add_argument("--epochs", type=int, help="total epochs (default 5, or the resumed run's)")
     parser.add_argument("--seed", type=int, help="initialisation and data order (default 0)")
-    parser.add_argument("--resume", type=Path, help="run directory to continue (with its own settings; only "
-                                                     "--epochs, --checkpoint-seconds and --data-dir may be given)")
+    parser.add_argument("--resume", type=Path, help="run directory to continue (with its own settings; only --epochs, "
+                                                     "--checkpoint-seconds, --data-dir and --devices may be given)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--train-limit", type=int, help="use only the first N training examples")
     parser.add_argument("--test-limit", type=int, help="use only the first N test examples")
@@ -62,6 +65,9 @@ def parse_args(argv=None):
                         help="save a checkpoint after a chunk when the last one is this old (and at "
                              "every epoch's end); 0 saves after every chunk")
     parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
+    parser.add_argument("--devices", type=int,
+                        help="shard every batch over the first N of jax.devices() (default: all of them; "
+                             "the batch size must be a multiple of N)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, VALUE in JSON (e.g. --set warm_start=false)")
     parser.add_argument("--stop-after-chunks", type=int, help=argparse.SUPPRESS)  # for resume tests
@@ -69,14 +75,17 @@ def parse_args(argv=None):
 
 
 def check_options(args):
-    """``SystemExit`` naming the first option out of its range, or a run option given to ``--resume``."""
+    """``SystemExit`` naming the first option out of its range, or a run option given to ``--resume``
+    (``--devices`` may change on resume: it changes where the arithmetic runs, not what it is)."""
     rules = [("epochs", args.epochs, lambda v: v >= 1, "at least 1"),
              ("chunk", args.chunk, lambda v: v >= 1, "at least 1"),
              ("train-limit", args.train_limit, lambda v: v >= 1, "at least 1"),
              ("test-limit", args.test_limit, lambda v: v >= 1, "at least 1"),
              ("validation", args.validation, lambda v: v >= 0, "0 or more"),
              ("patience", args.patience, lambda v: v >= 1, "at least 1"),
-             ("checkpoint-seconds", args.checkpoint_seconds, lambda v: v >= 0, "0 or more")]
+             ("checkpoint-seconds", args.checkpoint_seconds, lambda v: v >= 0, "0 or more"),
+             ("devices", args.devices, lambda v: 1 <= v <= len(jax.devices()),
+              f"between 1 and the {len(jax.devices())} device(s) JAX sees")]
     for name, value, ok, what in rules:
         if value is not None and not ok(value):
             raise SystemExit(f"--{name} must be {what}, got {value}")
@@ -85,7 +94,7 @@ def check_options(args):
         if given:
             raise SystemExit(f"--resume continues {args.resume} with its own settings; "
                              f"{', '.join('--' + g.replace('_', '-') for g in given)} cannot change (only --epochs, "
-                             "--checkpoint-seconds and --data-dir may be given)")
+                             "--checkpoint-seconds, --data-dir and --devices may be given)")
 
 
 def new_config(args) -> dict:
@@ -263,12 +272,12 @@ CONVERGED_WARNING = 0.9  # warn when fewer test examples than this reach the tol
 class Training:
     """One run's loop: chunks of batches with logging and checkpoints, epoch-end evaluation."""
 
-    def __init__(self, args, config, run_dir, data):
+    def __init__(self, args, config, run_dir, data, devices):
         self.args, self.config, self.run_dir, self.data = args, config, run_dir, data
         self.model, self.cost, self.solver, self.estimator, self.optimizer = configs.build(config)
         eqjax.check_inputs(self.model, data["x"], data["y"])
         self.checkpoint, self.metrics_path = run_dir / "checkpoint.msgpack", run_dir / "metrics.jsonl"
-        self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer)
+        self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer, devices)
         self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
         self.base_key = jax.random.key(config["seed"] + 1)
         self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
@@ -406,10 +415,23 @@ def report(run_dir: Path, config: dict):
               f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
 
 
+def training_devices(requested, batch_size: int) -> list:
+    """The devices every batch is sharded over: the first ``requested`` of ``jax.devices()`` (all of
+    them when ``None``); ``SystemExit`` when the batch does not split evenly over them."""
+    devices = jax.devices()[: requested or len(jax.devices())]
+    if batch_size % len(devices):
+        raise SystemExit(f"the batch of {batch_size} examples does not split over {len(devices)} devices; "
+                         "pass --devices N with N dividing the batch size")
+    if len(devices) > 1:
+        print(f"every batch is sharded over {len(devices)} devices ({devices[0].platform})")
+    return devices
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_options(args)
     config = resumed_config(args) if args.resume else new_config(args)
+    devices = training_devices(args.devices, config["batch_size"])
     data = load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
     config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
     if args.resume:
@@ -418,7 +440,7 @@ def main(argv=None):
         run_dir = new_run_dir(args.runs_dir, config, args.set)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     with runfiles.RunLock(run_dir):
-        training = Training(args, config, run_dir, data)
+        training = Training(args, config, run_dir, data, devices)
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
         records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
         training.metrics_path.write_text("".join(runfiles.strict_json(r) + "\n" for r in records))
