@@ -203,16 +203,18 @@ class FixedPoint(Solver):
     al. 2021's asynchronous dynamics ``s <- sigma(dPhi/ds)`` for energies ``E = 1/2 ||s||^2 - Phi``).
 
     For energies with unit self-curvature and no intra-layer coupling (bilinear Hopfield nets,
-    :class:`~eqjax.models.ConvHopfield` with the hopfield readout) each step equals
-    :class:`BlockCoordinate`'s. They differ where a layer is coupled within itself: with the
-    projection readout of :class:`~eqjax.models.ConvHopfield`, the last hidden layer ``d``
-    updates as ``clip(field - (o - z)W_o^T)`` (``z = d W_o + b_o`` of the previous sweep), which is
-    Laborieux et al.'s dynamics: in the free phase ``o = z`` and the readout does not act on the
-    network; in a nudged phase ``o - z = -beta dC/do`` nudges ``d``. (:class:`BlockCoordinate`
-    divides there by the Hessian's row sums ``1 + (W_o W_o^T 1)_i``, which are not the diagonal
-    curvature.) A fixed point of the sweep is a stationary point of ``F`` in the box whatever the coupling;
-    the energy need not decrease at every step. Real states only. ``tol`` is traced;
-    ``max_steps`` and ``check_every`` static.
+    :class:`~eqjax.models.ConvHopfield` with the hopfield readout) a free-phase sweep equals
+    :class:`BlockCoordinate`'s, and so does a nudged one with the cross-entropy (its Hessian's rows
+    sum to zero); with the squared error :class:`BlockCoordinate` divides the outputs' step by
+    ``1 + beta``. They differ where a layer is coupled within itself: with the projection readout
+    of :class:`~eqjax.models.ConvHopfield`, the last hidden layer ``d`` updates as ``clip(field +
+    (o - z) W_o^T)`` (``z = d W_o + b_o`` of the previous sweep), Laborieux et al.'s dynamics: in
+    the free phase ``o = z`` and the readout does not act on the network; in a nudged phase
+    ``o - z = -beta dC/do`` nudges ``d``. (:class:`BlockCoordinate` divides there by the Hessian's
+    row sums ``1 + (W_o W_o^T 1)_i``, which are not the diagonal curvature.) A fixed point of the
+    sweep is a stationary point of ``F`` in the box whatever the coupling; the energy need not
+    decrease at every step. Real states only. ``tol`` is traced; ``max_steps`` and
+    ``check_every`` static.
     """
 
     tol: float = 1e-4
