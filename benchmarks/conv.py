@@ -3,12 +3,12 @@
     python -m benchmarks.conv [--chunk 10] [--rounds 5] [--output benchmarks/conv_results.json]
 
 Cases, all the conv-fmnist config of experiments/configs.py (28x28 input, 5x5 conv 32 with padding
-2 -> max pool 14x14, 3x3 conv 64 with padding 1 -> max pool 7x7, 10 linear outputs, cross-entropy,
-batch 32, Adam), trained on Fashion-MNIST exactly as `make train` trains it (`eqjax.train_chunk`
-under `jax.jit`, data on device; the pixels are not standardised here, which changes no
-arithmetic), from initialisation:
+2 -> max pool 14x14, 3x3 conv 64 with padding 1 -> max pool 7x7, 10 outputs read out of the energy,
+cross-entropy, batch 32, Adam), trained on Fashion-MNIST exactly as `make train` trains it
+(`eqjax.train_chunk` under `jax.jit`, data on device; the pixels are not standardised here, which
+changes no arithmetic), from initialisation:
 
-- ``ep``: centered EP, block-coordinate relaxation of at most 15 free / 10 + 10 nudged sweeps,
+- ``ep``: centered EP, fixed-point relaxation of at most 15 free / 10 + 10 nudged sweeps,
   stopping at the tolerance (as `make train`);
 - ``ep-fixed``: the same with exactly 15 / 10 / 10 sweeps (``tol = 0``);
 - ``bptt``: backpropagation through the 15 unrolled free-phase sweeps of the same energy and
