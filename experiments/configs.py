@@ -71,7 +71,7 @@ CONFIGS = {
     # the output removed from the energy (projection readout) with a cross-entropy cost as in
     # Laborieux et al. 2021, relaxed by their even/odd fixed-point sweeps (solver "fixed_point"),
     # centered EP. (With linear outputs in the energy instead, the trained readout fed the winning
-    # class back and the relaxation kept drifting: 12.4% after 2 epochs against 10.5%, RESULTS.md.)
+    # class back and the relaxation kept drifting: 12.1% after 3 epochs against 10.1%, RESULTS.md.)
     # conv-fmnist is sized for a 2-core CPU: 28x28 input standardised with the training pixels'
     # mean and std, 5x5 conv 32 (padding 2) -> pool 14x14, 3x3 conv 64 (padding 1) -> pool 7x7,
     # 10 outputs; 15 free / 10 nudged sweeps; Adam on a cosine schedule over 6 epochs. Evaluated
@@ -85,10 +85,10 @@ CONFIGS = {
                         schedule="cosine", schedule_epochs=6, standardise=True, warm_start=False),
     # Laborieux et al. 2021's CIFAR-10 net, for an accelerator: 3x3 convs with 128, 256, 512, 512
     # channels (paddings 1, 1, 1, 0), 2x2 max pooling after each (maps 16, 8, 4, 1), the 10 outputs
-    # read out of the energy with a cross-entropy cost, centered EP beta = 1 (ANCHORS.md), SGD with momentum 0.9,
-    # weight decay 3e-4, per-layer rates 0.25 / 0.15 / 0.1 / 0.08 / 0.05 on a cosine schedule over
-    # 120 epochs, batch 128, random crops (4 pixels of padding) and flips, inputs standardised per
-    # channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become 60 / 20 even/odd
+    # read out of the energy with a cross-entropy cost, centered EP beta = 1 (ANCHORS.md), SGD with
+    # momentum 0.9, weight decay 3e-4, per-layer rates 0.25 / 0.15 / 0.1 / 0.08 / 0.05 on a cosine
+    # schedule over 120 epochs, batch 128, random crops (4 pixels of padding) and flips, inputs
+    # standardised per channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become 60 / 20 even/odd
     # fixed-point sweeps (Scellier et al. 2023's budget for asynchronous updates), and their
     # activation clip(s / 2, 0, 1) is clip(s, 0, 1) here (the same fixed points with weights scaled
     # by 1/2). Run: make train ARGS="--model conv-cifar10 --dataset cifar10 --data-dir DIR".
