@@ -40,8 +40,8 @@ def lines(run_dir: Path):
     (["--set", "nonsense=1"], "has no entry 'nonsense'"),
     (["--patience", "2"], "--patience needs --validation"),
     (["--validation", "640"], "leaves no training example"),
-    (["--devices", "0"], "--devices must be between 1 and the 1 device"),
-    (["--devices", "2"], "--devices must be between 1 and the 1 device"),
+    (["--devices", "0"], f"--devices must be between 1 and the {len(jax.devices())} device"),
+    (["--devices", str(len(jax.devices()) + 1)], f"--devices must be between 1 and the {len(jax.devices())} device"),
 ])
 def test_bad_options_are_refused_up_front_and_leave_nothing_behind(tmp_path, args, message):
     with pytest.raises(SystemExit, match=message):
