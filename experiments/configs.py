@@ -88,10 +88,10 @@ CONFIGS = {
     # read out of the energy with a cross-entropy cost, centered EP beta = 1 (ANCHORS.md), SGD with
     # momentum 0.9, weight decay 3e-4, per-layer rates 0.25 / 0.15 / 0.1 / 0.08 / 0.05 on a cosine
     # schedule over 120 epochs, batch 128, random crops (4 pixels of padding) and flips, inputs
-    # standardised per channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become 60 / 20 even/odd
-    # fixed-point sweeps (Scellier et al. 2023's budget for asynchronous updates), and their
-    # activation clip(s / 2, 0, 1) is clip(s, 0, 1) here (the same fixed points with weights scaled
-    # by 1/2). Run: make train ARGS="--model conv-cifar10 --dataset cifar10 --data-dir DIR".
+    # standardised per channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become
+    # 60 / 20 even/odd fixed-point sweeps (Scellier et al. 2023's budget for asynchronous updates),
+    # and their activation clip(s / 2, 0, 1) is clip(s, 0, 1) here (the same fixed points with
+    # weights scaled by 1/2). Run: make train ARGS="--model conv-cifar10 --dataset cifar10 --data-dir DIR".
     "conv-cifar10": dict(family="conv", sizes=[3072, 128, 256, 512, 512, 10], num_conv=4, image_shape=[32, 32, 3],
                          kernel=3, padding=[1, 1, 1, 0], pooling="max", readout="projection",
                          gain=1.0, init_scheme="kaiming", cost="cross_entropy", solver="fixed_point",
