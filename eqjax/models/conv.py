@@ -183,10 +183,12 @@ class ConvHopfield(EnergyModel):
 
     @property
     def num_outputs(self) -> int:
+        """Output units, one per class."""
         return self.num_classes
 
     @property
     def num_conv(self) -> int:
+        """Convolutional layers (each followed by its pooling)."""
         return len(self.channels)
 
     @property
@@ -228,6 +230,8 @@ class ConvHopfield(EnergyModel):
 
     @property
     def weight_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Kernels ``(k, k, C_in, C_out)`` (HWIO) of the conv layers, then ``(n_in, n_out)`` of the
+        dense layers and the readout, in the order of ``params["weights"]``."""
         shapes, c_in = [], self.image_shape[2]
         for c, k in zip(self.channels, self.kernels):
             shapes.append((k, k, c_in, c))
