@@ -107,8 +107,9 @@ CONFIGS = {
     # 0.9, weight decay 3e-4, per-layer rates 0.0625 / 0.0375 / 0.025 / 0.02 / 0.0125 on a cosine
     # schedule over 100 epochs, weight gain 0.5. Differences: their cosine ends at 2e-6, ours at 0;
     # their gain scales their own initialisation, here the Kaiming range, and their biases start
-    # random, ours at zero; the crops and flips are conv-cifar10's (their data loader was not read). Linear outputs in the energy can drift
-    # (eqjax/models/conv.py); their short relaxation is part of the recipe. For an accelerator.
+    # random, ours at zero; the crops and flips are conv-cifar10's (their data loader was not read).
+    # Linear outputs in the energy can drift (eqjax/models/conv.py); their short relaxation is part
+    # of the recipe. For an accelerator.
     "dchn-cifar10": dict(family="conv", sizes=[3072, 128, 256, 512, 512, 10], num_conv=4, image_shape=[32, 32, 3],
                          kernel=3, padding=1, pooling="max", readout="hopfield", linear_output=True,
                          gain=0.5, init_scheme="kaiming", cost="squared_error", solver="fixed_point",
