@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax.models.conv import conv, weight_gradient
+from eqjax.models.conv_ops import conv, weight_gradient
 
 from benchmarks.run import EPCase, compile_with_memory, timed
 from experiments import configs

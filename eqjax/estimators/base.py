@@ -59,7 +59,7 @@ def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
 
 def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
     """``d/dparams`` of ``mean_b [E(high_b) - E(low_b)] / scale`` over the examples marked ``used``
-    ``(B,)``, through ``model.energy_difference`` (which may factor the difference so that it keeps
+    ``(B,)``, through ``model.energy_differences`` (which may factor the difference so that it keeps
     its precision when ``high`` and ``low`` are close, see :meth:`Hopfield.energy_difference`).
     Unused examples (non-finite in some phase) are replaced by zeros before differentiating, so
     their NaNs cannot reach the gradient. ``scale`` is a traced scalar (e.g. ``beta`` or ``2 beta``);
@@ -70,7 +70,7 @@ def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
     count = jnp.maximum(jnp.sum(used), 1)
 
     def contrast(p):
-        differences = jax.vmap(model.energy_difference, in_axes=(None, 0, 0, 0))(p, high, low, x)
+        differences = model.energy_differences(p, high, low, x)
         return jnp.real(jnp.sum(jnp.where(used, differences, 0.0)) / (count * scale))
 
     return jax.grad(contrast)(params)

@@ -8,8 +8,8 @@ Required (abstract; a subclass missing one cannot be instantiated, and the error
 ``input_shape``, ``num_outputs``, ``bounds``, ``init``, ``init_state``, ``energy``, ``output``.
 
 Optional, with defaults: ``prepare`` + ``relaxation_energy`` (per-batch precomputation for the
-relaxation loop), ``energy_difference`` (EP's weight update), ``parameter_errors`` (constraints
-checked at the API boundary).
+relaxation loop), ``energy_difference`` and its batched form ``energy_differences`` (EP's weight
+update), ``parameter_errors`` (constraints checked at the API boundary).
 """
 
 from __future__ import annotations
@@ -102,6 +102,14 @@ class EnergyModel(struct.PyTreeNode, abc.ABC):
         """``E(params, state_a, x) - E(params, state_b, x)`` for one example; EP differentiates it
         w.r.t. ``params``. Override when a factored form is cheaper."""
         return self.energy(params, state_a, x) - self.energy(params, state_b, x)
+
+    def energy_differences(self, params, states_a, states_b, x: jax.Array) -> jax.Array:
+        """:meth:`energy_difference` of a batch, ``(B,)`` (``states_a``, ``states_b`` batched, ``x``
+        ``(B, *input_shape)``); EP differentiates its sum. Default: ``vmap`` of
+        :meth:`energy_difference`. Override when the batched form is cheaper to differentiate (a
+        convolution's kernel gradient summed over the batch is one convolution; per example under
+        ``vmap`` it is one per example)."""
+        return jax.vmap(self.energy_difference, in_axes=(None, 0, 0, 0))(params, states_a, states_b, x)
 
     def parameter_errors(self, params) -> dict:
         """``{message: violated}`` (boolean arrays) for constraints the parameters must meet, e.g.

@@ -72,7 +72,6 @@ c_M, b_o)}`` with ``W_k`` ``(kernel_k, kernel_k, C_{k-1}, C_k)`` (HWIO), ``V_m``
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -80,73 +79,12 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.models.base import EnergyModel, default_float
+from eqjax.models.conv_ops import (_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
+                                   pooled_coupling)
 
 POOLS = ("max", "avg", "none")
 READOUTS = ("hopfield", "projection")
 INITS = ("glorot", "kaiming")
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
-    """Stride-1 convolution of a batch of maps ``a`` ``(B, H, W, C_in)`` with ``w`` ``(k, k, C_in,
-    C_out)`` and ``padding`` zeros on each side: ``(B, H + 2p - k + 1, W + 2p - k + 1, C_out)``.
-    A cross-correlation, as in every deep learning library."""
-    return jax.lax.conv_general_dilated(a, w.astype(a.dtype), (1, 1), [(padding, padding)] * 2,
-                                        dimension_numbers=_DIMENSIONS)
-
-
-def weight_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> jax.Array:
-    """The cotangent of the kernel of ``conv(a, w, padding)`` for the output cotangent ``g``:
-    ``dw[i, j, c, o] = sum_{b, y, x} a_pad[b, y + i, x + j, c] g[b, y, x, o]``, ``(kernel, kernel,
-    C_in, C_out)``, written as one convolution with the examples as its features (``a`` as
-    ``(C_in, H, W, B)``, ``g`` as the kernel ``(H_out, W_out, B, C_out)``). It equals JAX's own
-    transpose of the convolution, which XLA's CPU backend runs 30-50 times slower inside a loop
-    (``lax.scan`` of training steps; measured on the conv-fmnist layers, see BENCHMARKS.md)."""
-    out = jax.lax.conv_general_dilated(a.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
-                                       [(padding, padding)] * 2, dimension_numbers=_DIMENSIONS)
-    assert out.shape[1:3] == (kernel, kernel), (out.shape, kernel)
-    return out.transpose(1, 2, 0, 3)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_for_parameter_gradients(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
-    """:func:`conv` with a reverse-mode rule whose kernel cotangent is :func:`weight_gradient`
-    (same values, fast inside loops on a CPU). Reverse mode only: JAX cannot take forward-mode
-    derivatives of a ``custom_vjp`` function, so the relaxation (whose solvers may use ``jvp``)
-    keeps :func:`conv`; the parameter gradients of EP (:meth:`ConvHopfield.energy_difference`)
-    and of backprop (:meth:`ConvHopfield.feedforward`) use this one."""
-    return conv(a, w, padding)
-
-
-def _conv_forward(a, w, padding):
-    return conv(a, w, padding), (a, w)
-
-
-def _conv_backward(padding, residuals, g):
-    a, w = residuals
-    (da,) = jax.linear_transpose(lambda a_: conv(a_, w, padding), a)(g)
-    dw = weight_gradient(a, g, w.shape[0], padding)
-    return da, (dw if jnp.iscomplexobj(w) else dw.real).astype(w.dtype)
-
-
-conv_for_parameter_gradients.defvjp(_conv_forward, _conv_backward)
-
-
-def pool(a: jax.Array, kind: str, size: int) -> jax.Array:
-    """Non-overlapping ``size x size`` pooling of ``a`` ``(B, H, W, C)`` (``kind`` static: ``"max"``,
-    ``"avg"`` or ``"none"``): ``(B, H // size, W // size, C)``, trailing rows and columns dropped.
-    Written as a reshape and a reduction; the derivative of ``"max"`` splits ties equally."""
-    if kind == "none" or size == 1:
-        return a
-    batch, height, width, channels = a.shape
-    h, w = height // size, width // size
-    windows = a[:, : h * size, : w * size].reshape(batch, h, size, w, size, channels)
-    return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
-
-
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
-    """Per-example inner product over every axis but the first: ``(B, ...) x (B, ...) -> (B,)``."""
-    return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
 
 
 def _flat(a: jax.Array) -> jax.Array:
@@ -254,9 +192,26 @@ class ConvHopfield(EnergyModel):
         :func:`conv_for_parameter_gradients` (the same values)."""
         return pool(convolve(self.images(x), params["weights"][0], self.paddings[0]), self.pools[0], self.pool_size)
 
-    def internal_energies(self, params: dict, states: tuple, convolve=conv) -> jax.Array:
+    def couplings(self, params: dict, feedback=None):
+        """The interaction ``s_k . P_k(W_k * s_{k-1})`` of conv layers ``k - 1`` and ``k`` (``k >= 1``,
+        counted from 0 here), as a function ``(k, lower, upper) -> (B,)``.
+
+        With ``feedback`` (the :func:`~eqjax.models.conv_ops.feedback_kernel` of every conv kernel,
+        as :meth:`prepare` makes them) it is :func:`~eqjax.models.conv_ops.pooled_coupling`, whose
+        state derivatives are forward convolutions in every mode of differentiation (the
+        relaxation); without, the plain expression through
+        :func:`~eqjax.models.conv_ops.conv_for_parameter_gradients`, fast in reverse mode only (EP's
+        parameter gradient)."""
+        weights = params["weights"]
+        if feedback is None:
+            return lambda k, lower, upper: _dot(upper, pool(conv_for_parameter_gradients(lower, weights[k], self.paddings[k]),
+                                                            self.pools[k], self.pool_size))
+        return lambda k, lower, upper: pooled_coupling(lower, upper, weights[k], feedback[k], self.paddings[k],
+                                                       self.pools[k], self.pool_size)
+
+    def internal_energies(self, params: dict, states: tuple, coupling) -> jax.Array:
         """Per-example energies ``(B,)`` of batched ``states``, without the input term
-        ``-s_1 . P_1(W_1 * x)``. ``convolve`` as in :meth:`input_field`."""
+        ``-s_1 . P_1(W_1 * x)``; ``coupling`` is one of :meth:`couplings`."""
         weights, biases, K = params["weights"], params["biases"], self.num_conv
         hidden = states[:-1]
         energy = sum(0.5 * _dot(s, s) for s in hidden)
@@ -264,8 +219,7 @@ class ConvHopfield(EnergyModel):
             s = states[k]
             energy = energy - _dot(s, jnp.broadcast_to(biases[k].astype(s.dtype), s.shape))
             if k > 0:
-                field = pool(convolve(states[k - 1], weights[k], self.paddings[k]), self.pools[k], self.pool_size)
-                energy = energy - _dot(s, field)
+                energy = energy - coupling(k, states[k - 1], s)
         below = _flat(states[K - 1])
         for m in range(len(self.dense)):
             d = states[K + m]
@@ -277,30 +231,42 @@ class ConvHopfield(EnergyModel):
             return energy + 0.5 * _dot(o - drive, o - drive)
         return energy + 0.5 * _dot(o, o) - _dot(o, drive)
 
+    def feedback_kernels(self, params: dict) -> tuple:
+        """:func:`~eqjax.models.conv_ops.feedback_kernel` of every conv kernel but the first (whose
+        input is clamped; ``None`` in its place)."""
+        return (None,) + tuple(feedback_kernel(w) for w in params["weights"][1:self.num_conv])
+
     def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
         """Internal energy of one example (``x`` ``(H * W * C,)``); a scalar."""
         states, x = tuple(s[None] for s in state), x[None]
-        return (self.internal_energies(params, states) - _dot(states[0], self.input_field(params, x)))[0]
+        coupling = self.couplings(params, self.feedback_kernels(params))
+        return (self.internal_energies(params, states, coupling) - _dot(states[0], self.input_field(params, x)))[0]
 
     def prepare(self, params: dict, x: jax.Array) -> dict:
         """For the relaxation of the batch ``x`` ``(B, H * W * C)``: the input field ``P_1(W_1 * x)``
-        (computed once for every step and phase) and the parameters."""
-        return {"params": params, "drive": self.input_field(params, x)}
+        and the feedback kernels (computed once for every step and phase), and the parameters."""
+        return {"params": params, "drive": self.input_field(params, x), "feedback": self.feedback_kernels(params)}
 
     def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
-        """The batch's summed energy from :meth:`prepare`'s input field; batched convolutions."""
-        energies = self.internal_energies(prepared["params"], states) - _dot(states[0], prepared["drive"])
-        return jnp.sum(energies)
+        """The batch's summed energy from :meth:`prepare`'s input field and feedback kernels."""
+        params = prepared["params"]
+        coupling = self.couplings(params, prepared["feedback"])
+        return jnp.sum(self.internal_energies(params, states, coupling) - _dot(states[0], prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array) -> jax.Array:
-        """``E(state_a) - E(state_b)`` for one example, with the input term factored as
-        ``-(a_1 - b_1) . P_1(W_1 * x)``: one input convolution instead of two (EP's weight update).
-        Differentiate it in reverse mode only (its convolutions are
-        :func:`conv_for_parameter_gradients`)."""
-        a, b, x = tuple(s[None] for s in state_a), tuple(s[None] for s in state_b), x[None]
-        convolve = conv_for_parameter_gradients
-        internal = self.internal_energies(params, a, convolve) - self.internal_energies(params, b, convolve)
-        return (internal - _dot(a[0] - b[0], self.input_field(params, x, convolve)))[0]
+        """``E(state_a) - E(state_b)`` for one example; see :meth:`energy_differences`."""
+        batch = lambda state: tuple(s[None] for s in state)
+        return self.energy_differences(params, batch(state_a), batch(state_b), x[None])[0]
+
+    def energy_differences(self, params: dict, states_a: tuple, states_b: tuple, x: jax.Array) -> jax.Array:
+        """``E(states_a) - E(states_b)`` per example ``(B,)`` (EP's weight update), with the input term
+        factored as ``-(a_1 - b_1) . P_1(W_1 * x)``: one input convolution instead of two. Batched,
+        so that each kernel's gradient is one convolution over the batch. Differentiate it in
+        reverse mode only (its convolutions are
+        :func:`~eqjax.models.conv_ops.conv_for_parameter_gradients`)."""
+        coupling = self.couplings(params)
+        internal = self.internal_energies(params, states_a, coupling) - self.internal_energies(params, states_b, coupling)
+        return internal - _dot(states_a[0] - states_b[0], self.input_field(params, x, conv_for_parameter_gradients))
 
     def output(self, state: tuple) -> jax.Array:
         """The output units of one example, ``(num_classes,)``."""

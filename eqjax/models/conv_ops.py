@@ -1,0 +1,162 @@
+"""The array operations of the convolutional energies (:mod:`eqjax.models.conv`), written so that
+every pass of a relaxation sweep is an ordinary forward convolution.
+
+Layouts: maps are NHWC ``(B, H, W, C)``, kernels HWIO ``(k, k, C_in, C_out)``; convolutions have
+stride 1 and ``padding`` zeros on each side.
+
+Why these exist: XLA's CPU backend runs JAX's own transposes of a convolution (with respect to its
+input or its kernel, as reverse-mode autodiff emits them) about ten times slower inside a loop than
+the same arithmetic written as a forward convolution (BENCHMARKS.md, "Where a conv sweep's time
+goes"); and every relaxation step and training step runs inside a loop. So
+
+- :func:`input_gradient` is the transpose with respect to the input as a convolution with the
+  kernel flipped and its channels swapped (:func:`feedback_kernel`, prepared once per batch);
+- :func:`weight_gradient` is the transpose with respect to the kernel as a convolution with the
+  examples as its features;
+- :func:`pooled_coupling`, the energy's interaction ``s_k . P(W * s_{k-1})``, has its own
+  forward-mode rule (``jax.custom_jvp``): its derivative with respect to the lower map is the
+  feedback field ``input_gradient(unpool(s_k), W)``, computed as a value, so the reverse-mode
+  gradient of an energy (what every solver takes) multiplies it by the cotangent instead of
+  transposing a convolution. Forward mode, higher derivatives and ``vmap`` work as for any JAX
+  function; :func:`conv_for_parameter_gradients` does the same for reverse-mode parameter
+  gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 convolution of a batch of maps ``a`` ``(B, H, W, C_in)`` with ``w`` ``(k, k, C_in,
+    C_out)`` and ``padding`` (static) zeros on each side: ``(B, H + 2p - k + 1, W + 2p - k + 1,
+    C_out)``. A cross-correlation, as in every deep learning library."""
+    return jax.lax.conv_general_dilated(a, w.astype(a.dtype), (1, 1), [(padding, padding)] * 2,
+                                        dimension_numbers=_DIMENSIONS)
+
+
+def feedback_kernel(w: jax.Array) -> jax.Array:
+    """``w`` ``(k, k, C_in, C_out)`` flipped in space with its channels swapped, ``(k, k, C_out,
+    C_in)``: the kernel of :func:`input_gradient`. Linear in ``w``."""
+    return jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+
+
+def input_gradient(g: jax.Array, w_flipped: jax.Array, padding: int) -> jax.Array:
+    """The transpose of ``a -> conv(a, w, padding)`` applied to ``g`` ``(B, H_out, W_out, C_out)``:
+    ``(B, H, W, C_in)``, as the forward convolution ``conv(g, feedback_kernel(w), k - 1 - padding)``
+    (a negative padding crops). ``w_flipped`` is :func:`feedback_kernel` of ``w``."""
+    return conv(g, w_flipped, w_flipped.shape[0] - 1 - padding)
+
+
+def weight_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> jax.Array:
+    """The cotangent of the kernel of ``conv(a, w, padding)`` for the output cotangent ``g``:
+    ``dw[i, j, c, o] = sum_{b, y, x} a_pad[b, y + i, x + j, c] g[b, y, x, o]``, ``(kernel, kernel,
+    C_in, C_out)``, written as one convolution with the examples as its features (``a`` as
+    ``(C_in, H, W, B)``, ``g`` as the kernel ``(H_out, W_out, B, C_out)``)."""
+    out = jax.lax.conv_general_dilated(a.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                       [(padding, padding)] * 2, dimension_numbers=_DIMENSIONS)
+    assert out.shape[1:3] == (kernel, kernel), (out.shape, kernel)
+    return out.transpose(1, 2, 0, 3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_for_parameter_gradients(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """:func:`conv` whose reverse-mode rule computes both cotangents as forward convolutions
+    (:func:`input_gradient`, :func:`weight_gradient`); the same values as JAX's rule. Reverse mode
+    only (JAX cannot take forward-mode derivatives of a ``custom_vjp`` function): EP's parameter
+    gradient and the feedforward backprop baseline use it."""
+    return conv(a, w, padding)
+
+
+def _conv_forward(a, w, padding):
+    return conv(a, w, padding), (a, w)
+
+
+def _conv_backward(padding, residuals, g):
+    a, w = residuals
+    da = input_gradient(g, feedback_kernel(w).astype(g.dtype), padding)
+    dw = weight_gradient(a, g, w.shape[0], padding)
+    return da.astype(a.dtype), (dw if jnp.iscomplexobj(w) else dw.real).astype(w.dtype)
+
+
+conv_for_parameter_gradients.defvjp(_conv_forward, _conv_backward)
+
+
+def pool(a: jax.Array, kind: str, size: int) -> jax.Array:
+    """Non-overlapping ``size x size`` pooling of ``a`` ``(B, H, W, C)`` (``kind`` static: ``"max"``,
+    ``"avg"`` or ``"none"``): ``(B, H // size, W // size, C)``, trailing rows and columns dropped.
+    Written as a reshape and a reduction; the derivative of ``"max"`` splits ties equally."""
+    if kind == "none" or size == 1:
+        return a
+    batch, height, width, channels = a.shape
+    h, w = height // size, width // size
+    windows = a[:, : h * size, : w * size].reshape(batch, h, size, w, size, channels)
+    return windows.max(axis=(2, 4)) if kind == "max" else windows.mean(axis=(2, 4))
+
+
+def unpool(g: jax.Array, z: jax.Array, kind: str, size: int) -> jax.Array:
+    """The transpose of :func:`pool`'s derivative at ``z`` ``(B, H, W, C)`` applied to ``g`` ``(B, H //
+    size, W // size, C)``: ``(B, H, W, C)``. ``"max"`` sends each window's ``g`` to the positions of
+    its maximum, split equally between ties (as JAX differentiates ``max``); ``"avg"`` spreads it
+    evenly; dropped trailing rows and columns get zero."""
+    if kind == "none" or size == 1:
+        return g
+    batch, height, width, channels = z.shape
+    h, w = height // size, width // size
+    if kind == "max":
+        windows = z[:, : h * size, : w * size].reshape(batch, h, size, w, size, channels)
+        top = windows == windows.max(axis=(2, 4), keepdims=True)
+        count = jnp.sum(top, axis=(2, 4), keepdims=True, dtype=g.dtype)
+        spread = jnp.where(top, (g / count[:, :, 0, :, 0])[:, :, None, :, None], 0)
+    else:
+        spread = jnp.broadcast_to((g / size ** 2)[:, :, None, :, None], (batch, h, size, w, size, channels))
+    spread = spread.reshape(batch, h * size, w * size, channels)
+    return jnp.pad(spread, ((0, 0), (0, height - h * size), (0, width - w * size), (0, 0)))
+
+
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-example inner product over every axis but the first: ``(B, ...) x (B, ...) -> (B,)``."""
+    return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
+def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, w_flipped: jax.Array, padding: int,
+                    kind: str, size: int) -> jax.Array:
+    """``upper . pool(conv(lower, w, padding))`` per example, ``(B,)``: the interaction of two conv
+    layers in the energy (``lower`` ``(B, H, W, C_in)``, ``upper`` the pooled map ``(B, H', W',
+    C_out)``). ``w_flipped`` must be :func:`feedback_kernel` of ``w`` (the value does not use it;
+    its derivative does); ``padding``, ``kind`` and ``size`` are static.
+
+    Derivatives (forward-mode rule; reverse mode transposes it): with ``z = conv(lower, w)``,
+    ``d/d upper = pool(z)``, ``d/d lower = input_gradient(unpool(upper, z), w_flipped)`` and ``d/d w``
+    the contraction of ``unpool(upper, z)`` with ``conv(lower, dw)``; a symbolic-zero tangent (an
+    argument not being differentiated, e.g. the layers a half-sweep holds fixed) skips its term.
+    """
+    return _dot(upper, pool(conv(lower, w, padding), kind, size))
+
+
+def _pooled_coupling_jvp(padding, kind, size, primals, tangents):
+    lower, upper, w, w_flipped = primals
+    d_lower, d_upper, d_w, _ = tangents  # the value does not depend on w_flipped
+    z = conv(lower, w, padding)
+    pooled = pool(z, kind, size)
+    out = _dot(upper, pooled)
+    tangent = jnp.zeros_like(out)
+    if not isinstance(d_upper, SymbolicZero):
+        tangent = tangent + _dot(d_upper, pooled)
+    if not isinstance(d_lower, SymbolicZero) or not isinstance(d_w, SymbolicZero):
+        spread = unpool(upper, z, kind, size)
+        if not isinstance(d_lower, SymbolicZero):
+            tangent = tangent + _dot(d_lower, input_gradient(spread, w_flipped.astype(spread.dtype), padding))
+        if not isinstance(d_w, SymbolicZero):
+            tangent = tangent + _dot(spread, conv(lower, d_w, padding))
+    return out, tangent
+
+
+pooled_coupling.defjvp(_pooled_coupling_jvp, symbolic_zeros=True)
