@@ -1,0 +1,280 @@
+"""Convolutional EP: eqjax against a PyTorch baseline and against the convolutions' own time.
+
+    python -m benchmarks.conv_vs_torch [--rounds 5] [--batches 2] [--nets dchn chn-28]
+                                       [--output benchmarks/conv_vs_torch_results.json]
+
+Nets (random data of the right shapes; linear output units in the energy, squared error, centered
+EP with beta 0.25, the same number of even/odd fixed-point sweeps in every phase, nudged phases
+started from the free state, plain SGD):
+
+- ``dchn``: Scellier et al. 2023's deep convolutional Hopfield network, 32x32x3 input, 3x3 convs
+  with 128-256-512-512 channels and padding 1, 2x2 max pooling after each; batch 16, 5/5/5 sweeps;
+- ``chn-28``: 28x28x1 input, 5x5 convs with 32 and 64 channels, no padding, 2x2 max pooling;
+  batch 32, 15/15/15 sweeps.
+
+For each net, seconds per batch of
+
+- ``eqjax``: ``jax.jit(eqjax.train_epoch(...))`` over ``--batches`` batches, per batch, compiled first;
+- ``torch``: the same training step in eager PyTorch with all cores (benchmarks/torch_ep.py);
+- ``limit``: the convolution passes a step needs, alone, in the fastest formulation found (stride-1
+  NHWC forward convolutions in XLA): per sweep, one forward and one transposed convolution (as a
+  forward one with the flipped kernel) per pair of conv layers, inside one loop as in a relaxation;
+  then EP's weight update: per pair, a forward convolution at each nudged state and a kernel
+  gradient, and the input layer's convolution and kernel gradient. Pooling, clipping, the dense
+  output and the optimizer are left out.
+
+and the ratios torch / eqjax and eqjax / limit. ``--breakdown`` adds where one relaxation sweep of
+the first net spends its time (each measured in a loop of sweeps, as the relaxation runs).
+
+Timing as in ``make bench``: every case compiled and warmed up, then rounds that time every case
+back to back (a burst of load hits all of a round); medians over rounds. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import eqjax
+from eqjax.models.conv_ops import _dot, conv, feedback_kernel, input_gradient, pool, unpool, weight_gradient
+from eqjax.phases import Free
+from eqjax.relaxation import total_energy
+from eqjax.solvers import FixedPoint
+
+ROOT = Path(__file__).resolve().parents[1]
+NETS = {
+    "dchn": dict(image_shape=(32, 32, 3), channels=(128, 256, 512, 512), kernel=3, padding=1, batch=16, sweeps=5),
+    "chn-28": dict(image_shape=(28, 28, 1), channels=(32, 64), kernel=5, padding=0, batch=32, sweeps=15),
+}
+BETA, LEARNING_RATE = 0.25, 0.01
+
+
+def model_of(net: dict):
+    return eqjax.models.conv_hopfield(net["image_shape"], net["channels"], kernel=net["kernel"],
+                                      padding=net["padding"], pooling="max", readout="hopfield",
+                                      output_bounds=(-math.inf, math.inf))
+
+
+def data(net: dict, batches: int, seed: int = 0):
+    """Random images in [0, 1] and labels, ``(batches, B, H * W * C)`` and ``(batches, B)``."""
+    model, shape = model_of(net), (batches, net["batch"])
+    x = jax.random.uniform(jax.random.key(seed), shape + model.input_shape)
+    return x, jax.random.randint(jax.random.key(seed + 1), shape, 0, 10)
+
+
+def wall(fn) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+class EqjaxCase:
+    """eqjax's epoch path over ``batches`` batches; ``run()`` returns seconds per batch."""
+
+    def __init__(self, net, batches):
+        model, sweeps = model_of(net), net["sweeps"]
+        solver = FixedPoint(tol=0.0, max_steps=sweeps, check_every=sweeps)
+        self.estimator = eqjax.estimators.EP(beta=BETA, variant="centered")
+        optimizer = optax.sgd(LEARNING_RATE)
+        self.epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, eqjax.costs.squared_error(), optimizer)))
+        params = model.init(jax.random.key(0))
+        self.arguments = (params, optimizer.init(params), solver, self.estimator, *data(net, batches))
+        self.batches = batches
+
+    def run(self) -> float:
+        return wall(lambda: self.epoch(*self.arguments)) / self.batches
+
+
+class TorchCase:
+    """The PyTorch baseline on the same shapes; ``run()`` returns seconds per batch."""
+
+    def __init__(self, net, batches):
+        import torch
+
+        from benchmarks.torch_ep import ConvEP
+
+        torch.set_num_threads(os.cpu_count())
+        self.torch = torch
+        self.model = ConvEP(net["image_shape"], net["channels"], net["kernel"], net["padding"],
+                            sweeps=(net["sweeps"],) * 3, beta=BETA, learning_rate=LEARNING_RATE)
+        x, y = data(net, batches)
+        height, width, channels = net["image_shape"]
+        images = np.asarray(x).reshape(batches, net["batch"], height, width, channels).transpose(0, 1, 4, 2, 3)
+        self.x, self.y = torch.from_numpy(np.array(images)), torch.from_numpy(np.asarray(y, np.int64))
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        for xb, yb in zip(self.x, self.y):
+            self.model.step(xb, yb)
+        return (time.perf_counter() - start) / len(self.x)
+
+
+def conv_pairs(net: dict):
+    """Per pair of conv layers ``(k-1, k)``: the lower map's batched shape and the kernel's shape."""
+    model = model_of(net)
+    maps = model.layer_shapes[: model.num_conv]
+    kernels = model.weight_shapes[: model.num_conv]
+    return [((net["batch"], *maps[k - 1]), kernels[k]) for k in range(1, model.num_conv)]
+
+
+class LimitCase:
+    """The convolutions of one training step alone (see the module docstring); ``run()`` returns
+    seconds per batch."""
+
+    def __init__(self, net):
+        pairs, padding, model = conv_pairs(net), net["padding"], model_of(net)
+        keys = iter(jax.random.split(jax.random.key(0), 4 * len(pairs) + 4))
+        lowers = tuple(jax.random.uniform(next(keys), shape) for shape, _ in pairs)
+        kernels = tuple(0.05 * jax.random.normal(next(keys), shape) for _, shape in pairs)
+        total_sweeps = 3 * net["sweeps"]
+
+        def sweeps(lowers, kernels):  # forward then transposed, chained so nothing leaves the loop
+            flipped = tuple(feedback_kernel(w) for w in kernels)
+
+            def body(_, maps):
+                return tuple(1e-3 * input_gradient(conv(a, w, padding), f, padding)
+                             for a, w, f in zip(maps, kernels, flipped))
+
+            return jax.lax.fori_loop(0, total_sweeps, body, lowers)
+
+        def weight_update(lowers, kernels, image, first):
+            grads = []
+            for a, w in zip(lowers, kernels):
+                for state in (a, 1 - a):  # the two nudged states
+                    grads.append(weight_gradient(state, conv(state, w, padding), w.shape[0], padding))
+            drive = conv(image, first, padding)
+            grads.append(weight_gradient(image, drive, first.shape[0], padding))
+            return grads
+
+        image = jax.random.uniform(next(keys), (net["batch"], *net["image_shape"]))
+        first = 0.05 * jax.random.normal(next(keys), model.weight_shapes[0])
+        self.parts = (lambda f=jax.jit(sweeps): f(lowers, kernels),
+                      lambda f=jax.jit(weight_update): f(lowers, kernels, image, first))
+
+    def run(self) -> float:
+        return sum(wall(part) for part in self.parts)
+
+
+def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
+    """Milliseconds per relaxation sweep (free phase, batch and shapes of ``net``), each measured as
+    ``sweeps`` iterations of one loop: the sweep eqjax runs; the same sweep with JAX's own
+    reverse-mode rules for the convolutions (the plain energy, as eqjax relaxed conv nets before);
+    and its parts alone: the forward convolutions, the transposed ones as JAX emits them and as
+    forward convolutions with flipped kernels, and the max pooling's selection (``unpool``)."""
+    model, padding = model_of(net), net["padding"]
+    params = model.init(jax.random.key(0))
+    x = data(net, 1)[0][0]
+    state = tuple(jax.random.uniform(jax.random.key(3), (net["batch"], *s)) for s in model.layer_shapes)
+    cost, solver = eqjax.costs.squared_error(), FixedPoint(tol=0.0, max_steps=1)
+    plain = lambda k, lower, upper: _dot(upper, pool(conv(lower, params["weights"][k], padding), "max", 2))
+
+    def relaxation(energy):
+        def run(params, x, state):
+            prepared = model.prepare(params, x)
+            F = energy(prepared)
+            return jax.lax.fori_loop(0, sweeps, lambda _, s: solver.step(F, s, None, model.bounds)[0], state)
+
+        return run
+
+    eqjax_energy = lambda prepared: total_energy(model, cost, Free(), prepared, x, None)
+    plain_energy = lambda prepared: lambda s: jnp.sum(model.internal_energies(prepared["params"], s, plain)
+                                                      - _dot(s[0], prepared["drive"]))
+    pairs = conv_pairs(net)
+    lowers = tuple(jax.random.uniform(jax.random.key(4), shape) for shape, _ in pairs)
+    kernels = params["weights"][1: model.num_conv]
+    outputs = tuple(conv(a, w, padding) for a, w in zip(lowers, kernels))
+
+    def each_pair(fn):  # fn(lower, kernel, output) for every pair, in a loop of sweeps, fed back
+        def run(lowers, kernels, outputs):
+            def body(_, maps):
+                return tuple(0.999 * a + 1e-6 * jnp.mean(fn(a, w, z)) for a, w, z in zip(maps, kernels, outputs))
+
+            return jax.lax.fori_loop(0, sweeps, body, lowers)
+
+        return run
+
+    def jax_transpose(a, w, z):
+        return jax.linear_transpose(lambda a_: conv(a_, w, padding), a)(z + a[:, :1, :1, :1])[0]
+
+    cases = {
+        "eqjax sweep": (relaxation(eqjax_energy), (params, x, state)),
+        "sweep through JAX's conv transposes": (relaxation(plain_energy), (params, x, state)),
+        "forward convolutions": (each_pair(lambda a, w, z: conv(a, w, padding)), (lowers, kernels, outputs)),
+        "transposed convolutions (JAX's transpose)": (each_pair(jax_transpose), (lowers, kernels, outputs)),
+        "transposed convolutions (flipped kernels)": (
+            each_pair(lambda a, w, z: input_gradient(z + a[:, :1, :1, :1], feedback_kernel(w), padding)),
+            (lowers, kernels, outputs)),
+        "max-pooling selection (unpool)": (
+            each_pair(lambda a, w, z: unpool(pool(z, "max", 2) + a[:, :1, :1, :1], z, "max", 2)), (lowers, kernels, outputs)),
+    }
+    timings = {}
+    for name, (fn, args) in cases.items():
+        jitted = jax.jit(fn)
+        wall(lambda: jitted(*args))
+        timings[name] = 1e3 * statistics.median(wall(lambda: jitted(*args)) for _ in range(rounds)) / sweeps
+    return timings
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up round")
+    parser.add_argument("--batches", type=int, default=2, help="batches per timed eqjax epoch and torch loop")
+    parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of one sweep")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "conv_vs_torch_results.json")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.batches < 1:
+        parser.error("--rounds and --batches must be at least 1")
+    import torch
+
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+                           "torch_threads": os.cpu_count(), "backend": jax.default_backend()},
+               "settings": {"rounds": args.rounds, "batches": args.batches, "beta": BETA}}
+    print("| net | batch | sweeps free / + / - | eqjax s/batch | PyTorch s/batch | PyTorch / eqjax | "
+          "limit s/batch | eqjax / limit |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.nets:
+        net = NETS[name]
+        cases = {"eqjax": EqjaxCase(net, args.batches), "torch": TorchCase(net, args.batches), "limit": LimitCase(net)}
+        times = {case: [] for case in cases}
+        for r in range(args.rounds + 1):  # round 0 compiles and warms up
+            print(f"{name}: round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} ...", file=sys.stderr, flush=True)
+            for case_name, case in cases.items():
+                seconds = case.run()
+                if r:
+                    times[case_name].append(seconds)
+        median = {case: statistics.median(t) for case, t in times.items()}
+        speedup = statistics.median(t / e for t, e in zip(times["torch"], times["eqjax"]))
+        over_limit = statistics.median(e / lim for e, lim in zip(times["eqjax"], times["limit"]))
+        results[name] = {"net": {k: list(v) if isinstance(v, tuple) else v for k, v in net.items()},
+                         "seconds_per_batch": median, "rounds": times, "torch_over_eqjax": speedup,
+                         "eqjax_over_limit": over_limit}
+        sweeps = net["sweeps"]
+        print(f"| {name} | {net['batch']} | {sweeps} / {sweeps} / {sweeps} | {median['eqjax']:.3f} | "
+              f"{median['torch']:.3f} | {speedup:.2f} | {median['limit']:.3f} | {over_limit:.2f} |", flush=True)
+    if args.breakdown:
+        name = args.nets[0]
+        results["sweep_breakdown"] = {"net": name, "ms_per_sweep": sweep_breakdown(NETS[name], args.rounds)}
+        print(f"\nOne free-phase sweep of {name} (batch {NETS[name]['batch']}), ms, in a loop of sweeps:")
+        for part, ms in results["sweep_breakdown"]["ms_per_sweep"].items():
+            print(f"  {part}: {ms:.1f}")
+    args.output.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
