@@ -50,7 +50,14 @@ test: $(STAMP) system-packages
 test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-bench: $(STAMP)
+# The PyTorch baseline of the conv benchmark: torch is a benchmark dependency, installed here only.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(PY) -m benchmarks.conv_vs_torch --breakdown
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.solvers
 	$(PY) -m benchmarks.conv
