@@ -6,7 +6,10 @@ Each checks its arguments and then calls a jitted core:
 - values (finite inputs and parameters, labels in range, ``beta`` finite and nonzero, ``tol >= 0``,
   model constraints such as non-negative conductances) eagerly whenever they are concrete;
 - with ``throw=True`` the same value checks, plus "no relaxation went non-finite", inside the
-  compiled program (``equinox.error_if``), so traced values are checked too.
+  compiled program (``equinox.error_if``), so traced values are checked too;
+- without it, inside a compiled program, an example whose input is not finite or whose label is
+  out of range is flagged (``RESULTS.INVALID_INPUT`` / ``INVALID_LABEL`` in its status), frozen
+  and left out of the gradient (:func:`~eqjax.equilibrium.screen_examples`).
 
 The model and cost are pytrees with static structure; solver, estimator and phase are pytrees whose
 numeric fields (``beta``, step sizes, tolerances) are traced, so changing them does not recompile.
@@ -20,17 +23,25 @@ import jax
 
 from eqjax._checks import check_call, guard_equilibria, guard_inputs, statuses
 from eqjax.costs import as_cost
-from eqjax.equilibrium import Equilibrium
+from eqjax.equilibrium import Equilibrium, mark_examples, screen_examples
 from eqjax.estimators import free_phase_aux
 from eqjax.phases import Free, as_phase
 from eqjax.relaxation import relax_batch
+
+
+def marked(aux: dict, codes) -> dict:
+    """An estimator's ``aux`` with :func:`~eqjax.equilibrium.screen_examples`'s codes in every phase's status."""
+    return {name: ({**value, "status": mark_examples(value["status"], codes)} if name in statuses(aux) else value)
+            for name, value in aux.items()}
 
 
 @functools.partial(jax.jit, static_argnames="throw")
 def _relax(model, cost, solver, params, x, y, phase, state0, key, throw):
     if throw:
         x = guard_inputs(model, params, x, y, solver, phase)
+    x, y, codes = screen_examples(model, x, y)
     equilibrium = relax_batch(model, cost, solver, params, x, y, phase, state0, key)
+    equilibrium = equilibrium.replace(status=mark_examples(equilibrium.status, codes))
     return guard_equilibria(equilibrium, {type(phase).__name__.lower(): equilibrium.status}) if throw else equilibrium
 
 
@@ -63,7 +74,9 @@ def checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, 
     check_call(model, params, x, y, state0, solver, estimator)
     if throw:
         x = guard_inputs(model, params, x, y, solver, estimator)
+    x, y, codes = screen_examples(model, x, y)
     grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
+    aux = marked(aux, codes)
     return guard_equilibria((grads, aux), statuses(aux)) if throw else (grads, aux)
 
 
@@ -87,8 +100,9 @@ def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=Non
 def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
     if throw:
         x = guard_inputs(model, params, x, y, solver)
+    x, y, codes = screen_examples(model, x, y)
     free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
-    aux = free_phase_aux(model, cost, free, y)
+    aux = marked(free_phase_aux(model, cost, free, y), codes)
     return guard_equilibria(aux, statuses(aux)) if throw else aux
 
 

@@ -16,12 +16,21 @@ class RESULTS:
     - ``NONFINITE`` (2): the example's state or update became NaN or infinite (an input or parameter
       that is not finite, or a diverging step size). Its state is frozen at its last finite tested
       value and it no longer takes part in the stopping test, so the other examples of the batch run
-      exactly as they would without it.
+      exactly as they would without it;
+    - ``INVALID_INPUT`` (3): the example's input holds a NaN or an infinity;
+    - ``INVALID_LABEL`` (4): its label is outside ``[0, num_outputs)``.
+
+    The last two are set by the entry points (``relax``, ``gradients``, ``evaluate``,
+    ``train_step``) before relaxing, also inside ``jax.jit`` (see :func:`screen_examples`): such an
+    example is frozen at its start state, left out of every gradient and counted in the metrics,
+    and the rest of the batch runs exactly as without it.
     """
 
     CONVERGED = 0
     MAX_STEPS = 1
     NONFINITE = 2
+    INVALID_INPUT = 3
+    INVALID_LABEL = 4
 
 
 @struct.dataclass
@@ -63,3 +72,30 @@ def status_from(residual: jax.Array, frozen: jax.Array, tol) -> jax.Array:
     """``RESULTS`` codes from the last tested update sizes ``(B,)`` and the frozen mask ``(B,)``."""
     code = jnp.where(residual < tol, RESULTS.CONVERGED, RESULTS.MAX_STEPS)
     return jnp.where(frozen, RESULTS.NONFINITE, code).astype(jnp.int8)
+
+
+def screen_examples(model, x, y):
+    """Flag the examples of a batch that cannot be trained on, inside jit: ``(x, y, codes)``.
+
+    ``codes`` ``(B,)`` int8 is ``INVALID_INPUT`` where a row of ``x`` ``(B, *input_shape)`` is not
+    finite, ``INVALID_LABEL`` where ``y`` ``(B,)`` (or ``None``) is outside ``[0,
+    model.num_outputs)``, ``0`` elsewhere. The flagged rows of ``x`` are returned as NaN, so the
+    relaxation loop freezes them (``NONFINITE``) and every estimator leaves them out of its
+    gradient, whatever the model does with an infinity (a box can clip it to a finite state while
+    the weight update multiplies it by zero); their labels are returned as 0. Use
+    :func:`mark_examples` to put the codes back in place of ``NONFINITE``.
+    """
+    batch = x.shape[0]
+    bad_input = ~jnp.all(jnp.isfinite(x.reshape(batch, -1)), axis=1)
+    codes = jnp.where(bad_input, RESULTS.INVALID_INPUT, 0)
+    if y is not None:
+        bad_label = (y < 0) | (y >= model.num_outputs)
+        codes = jnp.where(bad_input, codes, jnp.where(bad_label, RESULTS.INVALID_LABEL, 0))
+        y = jnp.where(bad_label, 0, y).astype(y.dtype)
+    flagged = (codes > 0).reshape((batch,) + (1,) * (x.ndim - 1))
+    return jnp.where(flagged, jnp.asarray(jnp.nan, x.dtype), x), y, codes.astype(jnp.int8)
+
+
+def mark_examples(status: jax.Array, codes: jax.Array) -> jax.Array:
+    """``status`` ``(B,)`` with :func:`screen_examples`'s nonzero ``codes`` in place."""
+    return jnp.where(codes > 0, codes, status).astype(status.dtype)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from eqjax._checks import check_model
 from eqjax.api import checked_estimate
 from eqjax.costs import as_cost
-from eqjax.train import summarize
+from eqjax.train import apply_update
 
 BATCH = "batch"  # the mesh axis the examples are sharded over
 
@@ -91,8 +91,6 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, devices=Non
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
         grads, aux = estimate(estimator, solver, params, x, y, state0, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, summarize(aux), aux["free_state"]
+        return (*apply_update(optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
 
     return step

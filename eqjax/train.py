@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax._checks import check_model, statuses
+from eqjax._checks import all_finite, check_model, statuses
 from eqjax.api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax.equilibrium import RESULTS
@@ -24,18 +24,34 @@ from eqjax.estimators import EP
 
 def summarize(aux: dict) -> dict:
     """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
-    non-finite), accuracy, the fraction of examples used by the gradient and, per phase, mean
-    steps, the fractions that converged and that went non-finite, and the largest finite residual."""
+    non-finite or the example was flagged), accuracy, the fraction of examples used by the
+    gradient, the fractions flagged ``invalid_input`` and ``invalid_label`` (see
+    :class:`~eqjax.equilibrium.RESULTS`) and, per phase, mean steps, the fractions that converged
+    and that went non-finite, and the largest finite residual."""
     metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
     if "used" in aux:
         metrics["used"] = jnp.mean(aux["used"].astype(jnp.float32))
-    for phase, status in statuses(aux).items():
+    phases = statuses(aux)
+    if phases:
+        first = phases.get("free", next(iter(phases.values())))
+        metrics["invalid_input"] = jnp.mean((first == RESULTS.INVALID_INPUT).astype(jnp.float32))
+        metrics["invalid_label"] = jnp.mean((first == RESULTS.INVALID_LABEL).astype(jnp.float32))
+    for phase, status in phases.items():
         info, nonfinite = aux[phase], status == RESULTS.NONFINITE
+        finite = (status == RESULTS.CONVERGED) | (status == RESULTS.MAX_STEPS)
         metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))
         metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
         metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
-        metrics[f"{phase}_residual"] = jnp.max(jnp.where(nonfinite, 0, info["residual"]))
+        metrics[f"{phase}_residual"] = jnp.max(jnp.where(finite, info["residual"], 0))
     return metrics
+
+
+def hyperparameters_invalid(solver, estimator) -> jax.Array:
+    """A bool scalar: some traced hyperparameter of ``solver`` or ``estimator`` breaks its rule
+    (``beta = 0`` or not finite, ``tol < 0``, a step size that is not positive...), as their
+    ``errors()`` state it."""
+    violated = [jnp.any(v) for v in {**solver.errors(), **estimator.errors()}.values()]
+    return jnp.any(jnp.stack(violated)) if violated else jnp.zeros((), bool)
 
 
 def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: bool = False) -> Callable:
@@ -53,8 +69,16 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     concrete (an un-jitted call). ``throw=True`` (static) also stops the compiled program with a
     clear message when the batch or the parameters are not finite, labels are out of range, a
     hyperparameter is invalid (``beta = 0``, ``tol < 0``...) or a relaxation went non-finite.
-    Without it these are reported, not raised: non-finite examples are frozen, flagged in
-    ``metrics`` and left out of the gradient.
+    Without it these are reported, not raised, and never reach the parameters:
+
+    - examples with a non-finite input or a label out of range, and examples whose relaxation went
+      non-finite, are frozen, left out of the gradient and counted in ``metrics``
+      (``invalid_input``, ``invalid_label``, ``<phase>_nonfinite``), and the batch's ``loss`` is
+      NaN;
+    - when a traced hyperparameter of the solver or the estimator is invalid, or the optimizer's
+      update is not finite (e.g. a NaN learning rate), the step returns ``params`` and
+      ``opt_state`` unchanged, ``metrics["skipped"] = 1`` and a NaN ``loss`` (so a sweep member
+      with such a value is not ``ok``, and ``make train`` stops).
 
     The estimator's ``aux`` must hold ``loss``, ``accuracy`` and ``free_state`` (see
     :mod:`eqjax.estimators`); every phase summary in it (an entry with a ``status``) is guarded
@@ -65,11 +89,22 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
         grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, summarize(aux), aux["free_state"]
+        return (*apply_update(optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
 
     return step
+
+
+def apply_update(optimizer, params, opt_state, grads, aux, solver, estimator) -> tuple:
+    """``(params, opt_state, metrics)`` after the optimizer's update for ``grads``, unless a traced
+    hyperparameter is invalid or the update is not finite: then ``params`` and ``opt_state`` come
+    back unchanged, ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`)."""
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    skipped = hyperparameters_invalid(solver, estimator) | ~all_finite(updates)
+    keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
+    metrics = summarize(aux)
+    metrics["loss"] = jnp.where(skipped, jnp.nan, metrics["loss"])
+    metrics["skipped"] = skipped.astype(jnp.float32)
+    return keep(params, optax.apply_updates(params, updates)), keep(opt_state, new_opt_state), metrics
 
 
 def set_hyperparams(opt_state, **values):

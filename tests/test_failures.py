@@ -46,7 +46,7 @@ def test_jitted_train_step_with_a_nan_example_keeps_params_finite_and_reports_it
     # the gradient is the mean over the three finite examples: the same update as without the NaN one
     chex.assert_trees_all_close(params, clean, atol=1e-6)  # float32, one batch fewer in the mean
     assert np.isnan(float(metrics["loss"]))  # the batch's loss says something is wrong
-    assert float(metrics["free_nonfinite"]) == 0.25 and float(metrics["used"]) == 0.75
+    assert float(metrics["invalid_input"]) == 0.25 and float(metrics["used"]) == 0.75
 
 
 def test_diverging_relaxation_is_flagged_nonfinite_not_max_steps():
@@ -209,3 +209,79 @@ def test_clamp_target_must_fit_the_layer():
         eqjax.relax(MODEL, COST, SOLVER, PARAMS, X, phase=eqjax.phases.Clamp(jnp.zeros((3, 10))))
     with pytest.raises(TypeError):
         eqjax.phases.Clamp()  # the target is required
+
+
+# --- inside jax.jit, without throw: bad examples and bad hyperparameters never reach the parameters
+
+STEP = jax.jit(eqjax.train_step(MODEL, COST, optax.sgd(0.1)))
+PARAMS64 = MODEL.init(jax.random.key(1), jnp.float64)
+X64, Y8 = eqjax.synthetic.digits(jax.random.key(2), 8)
+X64 = X64.astype(jnp.float64)
+
+
+@pytest.mark.parametrize("corrupt, code", [
+    (lambda x, y: (x.at[3, 0].set(jnp.inf), y), RESULTS.INVALID_INPUT),
+    (lambda x, y: (x.at[3, 0].set(-jnp.inf), y), RESULTS.INVALID_INPUT),
+    (lambda x, y: (x.at[3, 5].set(jnp.nan), y), RESULTS.INVALID_INPUT),
+    (lambda x, y: (x, y.at[3].set(10)), RESULTS.INVALID_LABEL),
+    (lambda x, y: (x, y.at[3].set(-1)), RESULTS.INVALID_LABEL),
+])
+def test_a_bad_example_is_flagged_and_left_out_of_the_update_inside_jit(corrupt, code):
+    opt_state = optax.sgd(0.1).init(PARAMS64)
+    x, y = corrupt(X64, Y8)
+    params, _, metrics, free_state = STEP(PARAMS64, opt_state, SOLVER, EP(beta=0.2), x, y)
+    keep = np.arange(8) != 3
+    clean, _, _, clean_free = STEP(PARAMS64, opt_state, SOLVER, EP(beta=0.2), X64[keep], Y8[keep])
+    # the mean over 7 examples, summed with one zero row more: equal up to float64 summation order
+    chex.assert_trees_all_close(params, clean, rtol=1e-13, atol=1e-15)
+    chex.assert_trees_all_equal(jax.tree.map(lambda s: s[keep], free_state), clean_free)  # relaxed bit for bit
+    chex.assert_tree_all_finite((params, free_state))
+    name = "invalid_input" if code == RESULTS.INVALID_INPUT else "invalid_label"
+    assert float(metrics[name]) == 1 / 8 and float(metrics["used"]) == 7 / 8
+    assert float(metrics["free_nonfinite"]) == 0.0  # a bad example is not a failed relaxation
+    assert np.isnan(float(metrics["loss"])) and float(metrics["skipped"]) == 0.0
+
+
+def test_gradients_and_evaluate_report_the_code_of_a_bad_example_inside_jit():
+    x, y = X64.at[1, 0].set(jnp.inf), Y8.at[5].set(1000)
+    _, aux = jax.jit(lambda x, y: eqjax.gradients(MODEL, COST, SOLVER, EP(beta=0.2), PARAMS64, x, y))(x, y)
+    expected = np.full(8, RESULTS.CONVERGED)
+    expected[1], expected[5] = RESULTS.INVALID_INPUT, RESULTS.INVALID_LABEL
+    for phase in ("free", "positive", "negative"):
+        np.testing.assert_array_equal(aux[phase]["status"], expected)
+    np.testing.assert_array_equal(aux["used"], expected == RESULTS.CONVERGED)
+    evaluated = jax.jit(lambda x, y: eqjax.evaluate(MODEL, COST, SOLVER, PARAMS64, x, y))(x, y)
+    np.testing.assert_array_equal(evaluated["free"]["status"] if "free" in evaluated else evaluated["status"], expected)
+    relaxed = jax.jit(lambda x: eqjax.relax(MODEL, COST, SOLVER, PARAMS64, x))(x)
+    assert int(relaxed.status[1]) == RESULTS.INVALID_INPUT
+
+
+def test_an_invalid_traced_hyperparameter_leaves_the_parameters_unchanged():
+    optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    opt_state = optimizer.init(PARAMS64)
+    step = jax.jit(eqjax.train_step(MODEL, COST, optimizer))
+    vmapped = jax.vmap(step, in_axes=(None, None, None, EP(beta=0), None, None))
+    params, states, metrics, _ = vmapped(PARAMS64, opt_state, SOLVER, EP(beta=jnp.asarray([0.2, 0.0, jnp.nan])),
+                                         X64, Y8)
+    member = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+    for i in (1, 2):  # beta = 0 and beta = NaN: nothing applied, flagged, NaN loss
+        chex.assert_trees_all_equal(member(params, i), PARAMS64)
+        chex.assert_trees_all_equal(member(states, i), opt_state)
+        assert float(metrics["skipped"][i]) == 1.0 and np.isnan(float(metrics["loss"][i]))
+    assert float(metrics["skipped"][0]) == 0.0 and np.isfinite(float(metrics["loss"][0]))
+    assert not np.allclose(np.asarray(member(params, 0)["weights"][0]), np.asarray(PARAMS64["weights"][0]))
+    nan_rate = eqjax.set_hyperparams(opt_state, learning_rate=jnp.nan)  # a non-finite update is not applied
+    params, _, metrics, _ = step(PARAMS64, nan_rate, SOLVER, EP(beta=0.2), X64, Y8)
+    chex.assert_trees_all_equal(params, PARAMS64)
+    assert float(metrics["skipped"]) == 1.0
+
+
+def test_a_sweep_member_with_beta_zero_is_not_ok():
+    def member(h, x, y):
+        step = eqjax.train_step(MODEL, COST, optax.sgd(0.1))
+        params, _, metrics, _ = step(PARAMS64, optax.sgd(0.1).init(PARAMS64), SOLVER, EP(beta=h["beta"]), x, y)
+        return {"loss": metrics["loss"], "w": params["weights"][0]}
+
+    result = eqjax.sweep.run(member, eqjax.sweep.product(beta=[0.2, 0.0]), X64, Y8)
+    np.testing.assert_array_equal(result.ok, [True, False])
+    chex.assert_trees_all_equal(result.outputs["w"][1], PARAMS64["weights"][0])
