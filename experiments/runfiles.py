@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,24 @@ def atomic_write_bytes(path: Path, data: bytes):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str):
+    """:func:`atomic_write_bytes` of ``text`` (UTF-8): a file rewritten whole (a run's records on
+    resume) is either the old one or the new one, never truncated."""
+    atomic_write_bytes(path, text.encode())
+
+
+def fresh_directory(parent: Path, name: str) -> Path:
+    """A new directory ``parent/name``, suffixed ``-2``, ``-3``... when taken (two runs started in
+    the same second never share one)."""
+    for suffix in itertools.count(1):
+        path = parent / (name if suffix == 1 else f"{name}-{suffix}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
 
 
 def save_checkpoint(path: Path, blob: dict):
@@ -93,8 +112,8 @@ def strict_json(record: dict) -> str:
 
 
 class RunLock:
-    """An exclusive lock on a run directory for as long as the ``with`` block runs; a second process
-    gets a ``SystemExit`` naming the holder instead of writing into the same files."""
+    """An exclusive lock on a run (or sweep) directory for as long as the ``with`` block runs; a
+    second process gets a ``SystemExit`` naming the holder instead of writing into the same files."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"

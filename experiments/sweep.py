@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import itertools
 import json
 import os
@@ -47,7 +48,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import eqjax  # noqa: E402
-from experiments import configs, train  # noqa: E402
+from experiments import configs, runfiles, train  # noqa: E402
 
 TRACED = ("beta", "eta", "learning_rate", "tol", "step_size", "decay", "seed")
 EVAL_BATCH = 1000
@@ -277,11 +278,17 @@ def main(argv=None):
             raise SystemExit("make sweep does not augment images (crop_padding, flip); train such configs with make train")
     if run_dir is None and primary:
         name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = args.runs_dir / name
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir = runfiles.fresh_directory(args.runs_dir, name)
         (run_dir / "sweep.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else list(argv),
                                                          "axes": axes}, indent=2))
 
+    with runfiles.RunLock(run_dir) if primary else contextlib.nullcontext():  # one process per sweep directory
+        return run_members(args, base, axes, run_dir, primary)
+
+
+def run_members(args, base: dict, axes: dict, run_dir, primary: bool):
+    """Train the members of the sweep not yet in ``results.csv`` (appending a row per member as it
+    finishes), then plot and report; ``run_dir`` is ``None`` on processes other than the first."""
     # the splits of make train (standardised when the config says so)
     data = train.load_data(dict(base, dataset=args.dataset, train_limit=args.train_limit, test_limit=args.test_limit,
                                 validation=args.validation), args.data_dir)
@@ -300,11 +307,12 @@ def main(argv=None):
     fields = csv_fields(axes, args.epochs)
     members = member_table(axes)
     finished = [] if results is None else read_rows(results, fields)
-    if primary:
-        with open(results, "w", newline="") as f:  # only complete rows, then append
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(finished)
+    if primary:  # only complete rows (a kill can cut the last one), rewritten atomically, then appended to
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(finished)
+        runfiles.atomic_write_text(results, text.getvalue())
     done = {tuple(r[k] for k in axes) for r in finished}
     pending = [m for m in members if tuple(str(m[k]) for k in axes) not in done]
     groups = {}

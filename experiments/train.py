@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
 import time
 from pathlib import Path
@@ -144,13 +143,7 @@ def new_run_dir(runs_dir: Path, config: dict, overrides: list) -> Path:
     name = f"{config['model']}-{config['dataset']}-seed{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
     if overrides:
         name += "-" + hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:6]
-    for suffix in itertools.count(1):
-        run_dir = runs_dir / (name if suffix == 1 else f"{name}-{suffix}")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=False)
-            return run_dir
-        except FileExistsError:
-            continue
+    return runfiles.fresh_directory(runs_dir, name)
 
 
 def load_data(config: dict, data_dir) -> dict:
@@ -368,15 +361,16 @@ class Training:
         if converged < CONVERGED_WARNING:
             print(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
                   f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
-        self.save(carry, {"epoch": epoch + 1, "batch": 0})
         records = read_records(self.metrics_path)
         epochs_done = [r for r in records if r["kind"] == "epoch"]
-        plot_curve(self.run_dir, records)
-        if not self.config.get("validation"):
-            return False
-        if min(epochs_done, key=lambda r: r["validation_error"])["epoch"] == epoch + 1:
+        # best.msgpack before the epoch's checkpoint: a kill in between resumes inside this epoch,
+        # which retrains it to the same parameters and saves best.msgpack again
+        best = self.config.get("validation") and min(epochs_done, key=lambda r: r["validation_error"])
+        if best and best["epoch"] == epoch + 1:
             runfiles.save_checkpoint(self.run_dir / "best.msgpack", {"params": params})
-        return early_stop(self.config, epochs_done)
+        self.save(carry, {"epoch": epoch + 1, "batch": 0})
+        plot_curve(self.run_dir, records)
+        return bool(best) and early_stop(self.config, epochs_done)
 
     def run(self, carry, position) -> bool:
         """Train up to ``config["epochs"]``; False when stopped by ``--stop-after-chunks``."""
@@ -443,7 +437,7 @@ def main(argv=None):
         training = Training(args, config, run_dir, data, devices)
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
         records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
-        training.metrics_path.write_text("".join(runfiles.strict_json(r) + "\n" for r in records))
+        runfiles.atomic_write_text(training.metrics_path, "".join(runfiles.strict_json(r) + "\n" for r in records))
         if early_stop(config, [r for r in records if r["kind"] == "epoch"]):
             return run_dir
         if training.run((params, opt_state, state), position):

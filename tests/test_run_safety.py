@@ -134,3 +134,32 @@ def test_run_names_never_collide_and_evaluation_reports_convergence(tmp_path, fi
     # a learning rate far too large leaves the net at chance: said, not silent
     train.main(TINY + ["--epochs", "1", "--set", "learning_rate=1e3", "--runs-dir", str(tmp_path / "c")])
     assert "is at chance level" in capsys.readouterr().out
+
+
+def test_a_kill_right_after_the_epoch_checkpoint_cannot_leave_best_msgpack_behind(tmp_path, monkeypatch):
+    # the epoch's end writes best.msgpack, then the checkpoint (then the plot): killed right after
+    # the checkpoint, the resumed run starts the next epoch with best.msgpack already that epoch's
+    saved = []
+    real = runfiles.save_checkpoint
+
+    def save_then_die(path, blob):
+        real(path, blob)
+        saved.append(path.name)
+        if path.name == "checkpoint.msgpack" and int(blob["position"]["epoch"]) == 2:
+            raise KeyboardInterrupt  # the kill
+
+    monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(TINY + ["--epochs", "3", "--validation", "160", "--runs-dir", str(tmp_path),
+                           "--checkpoint-seconds", "100000"])
+    run_dir = next(tmp_path.iterdir())
+    epochs = [r for r in lines(run_dir) if r["kind"] == "epoch"]
+    best = min(epochs, key=lambda r: r["validation_error"])["epoch"]
+    assert len(epochs) == 2 and saved.count("checkpoint.msgpack") == 2
+    # every best.msgpack comes right before its epoch's checkpoint (epoch 1 is always the best so far)
+    assert saved[:2] == ["best.msgpack", "checkpoint.msgpack"]
+    assert all(saved[i + 1] == "checkpoint.msgpack" for i, name in enumerate(saved) if name == "best.msgpack")
+    if best == 2:  # then best.msgpack must hold epoch 2's parameters already
+        got = runfiles.read_checkpoint(run_dir / "best.msgpack")["params"]
+        expected = runfiles.read_checkpoint(run_dir / "checkpoint.msgpack")["params"]
+        assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))

@@ -49,3 +49,32 @@ def test_sweep_refuses_bad_axes(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(SystemExit, match="expected KEY=V1,V2"):
         sweep.main(["--model", "tiny", "--grid", "beta", "--runs-dir", str(tmp_path)])
+
+
+def test_a_sweep_directory_takes_one_process_and_names_never_collide(tmp_path, monkeypatch):
+    from experiments import runfiles
+
+    first = runfiles.fresh_directory(tmp_path, "sweep-tiny-mnist-20261203-080000")
+    second = runfiles.fresh_directory(tmp_path, "sweep-tiny-mnist-20261203-080000")  # the same second
+    assert (first.name, second.name) == ("sweep-tiny-mnist-20261203-080000", "sweep-tiny-mnist-20261203-080000-2")
+    (first / "sweep.json").write_text('{"argv": ' + str(SMALL).replace("'", '"') + ', "axes": {}}')
+    (first / "results.csv").write_text("kept\n")
+    with runfiles.RunLock(first):  # another process resuming it holds the lock
+        with pytest.raises(SystemExit, match="is in use by process"):
+            sweep.main(["--resume", str(first)])
+    assert (first / "results.csv").read_text() == "kept\n"  # the refused resume wrote nothing
+
+
+def test_atomic_rewrites_leave_the_old_file_whole_when_interrupted(tmp_path, monkeypatch):
+    from experiments import runfiles
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("finished record\n")
+
+    def killed(*_):
+        raise KeyboardInterrupt  # a kill between writing the temporary file and the rename
+
+    monkeypatch.setattr(runfiles.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runfiles.atomic_write_text(path, "")
+    assert path.read_text() == "finished record\n"
