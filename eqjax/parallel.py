@@ -45,11 +45,6 @@ def shard_batch(tree, mesh: Mesh, axis: int = 0):
     return jax.tree.map(lambda leaf: jax.device_put(leaf, NamedSharding(mesh, spec)), tree)
 
 
-def replicate(tree, mesh: Mesh):
-    """Place every leaf of ``tree`` on every device of the mesh."""
-    return jax.tree.map(lambda leaf: jax.device_put(leaf, NamedSharding(mesh, PartitionSpec())), tree)
-
-
 def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callable:
     """``estimate(estimator, solver, params, x, y, state0, key) -> (grads, aux)``: the estimator run
     per shard of the batch, gradients averaged over the shards (weighted by the examples each used),

@@ -121,7 +121,8 @@ class BiasCurve(struct.PyTreeNode):
     intercept: float
 
     def plot(self, ax=None, label: str | None = None):
-        """Log-log plot of the error against ``|beta|`` with the fitted line; returns the axes."""
+        """Log-log plot of the error against ``|beta|`` with the fitted line; returns the axes
+        (needs matplotlib: ``pip install 'eqjax[experiments]'``)."""
         import matplotlib.pyplot as plt
 
         ax = plt.gca() if ax is None else ax
@@ -186,7 +187,7 @@ class UpdatesCheck(struct.PyTreeNode):
     param_relative_error: jax.Array
 
     def plot(self, axes=None):
-        """Per step ``t``, the relative errors (log scale); returns the axes."""
+        """Per step ``t``, the relative errors (log scale); returns the axes (needs matplotlib)."""
         import matplotlib.pyplot as plt
 
         ax = plt.gca() if axes is None else axes

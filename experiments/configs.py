@@ -1,4 +1,4 @@
-"""Named training configurations (hyperparameters from ANCHORS.md) and how to build them."""
+"""Named training configurations (hyperparameters from the papers named in each comment) and how to build them."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ CONFIGS = {
                         schedule="cosine", schedule_epochs=20, standardise=True, flip=True, warm_start=False),
     # Laborieux et al. 2021's CIFAR-10 net, for an accelerator: 3x3 convs with 128, 256, 512, 512
     # channels (paddings 1, 1, 1, 0), 2x2 max pooling after each (maps 16, 8, 4, 1), the 10 outputs
-    # read out of the energy with a cross-entropy cost, centered EP beta = 1 (ANCHORS.md), SGD with
+    # read out of the energy with a cross-entropy cost, centered EP beta = 1 (Laborieux et al. 2021), SGD with
     # momentum 0.9, weight decay 3e-4, per-layer rates 0.25 / 0.15 / 0.1 / 0.08 / 0.05 on a cosine
     # schedule over 120 epochs, batch 128, random crops (4 pixels of padding) and flips, inputs
     # standardised per channel. Differences: their T1 = 250 / T2 = 25 synchronous steps become

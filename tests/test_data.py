@@ -47,7 +47,7 @@ def test_real_mnist_counts_histogram_and_pixels():
     x_test, y_test = data.load("mnist", "test")
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
     assert x_train.dtype == np.uint8 and y_train.dtype == np.int32
-    # histograms and mean published in ANCHORS.md (measured on the official files)
+    # the class counts and mean pixel of the official MNIST files
     assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert x_train.mean() == pytest.approx(33.318, abs=1e-3)

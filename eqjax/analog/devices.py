@@ -12,7 +12,8 @@ Physical picture (e.g. Burr et al. 2017; the nonlinear model of Chen et al. 2015
 - a pulse's effect depends on the present conductance (nonlinear) and differs between
   potentiation and depression (asymmetric);
 - each write is noisy (cycle-to-cycle), each device has its own gain (device-to-device);
-- reading a conductance is noisy too (:func:`read_noise`, used in the forward pass).
+- reading a conductance is noisy too: :func:`read_noise` draws the conductances one forward pass
+  sees (the training step does not apply it; call it on the parameters you relax with).
 """
 
 from __future__ import annotations
