@@ -100,3 +100,32 @@ def test_ep_contrast_keeps_its_precision_in_float32():
     # ~ 1e-7 / 1e-5 = 1e-2 relative for the interaction weights
     assert error(got) < 1e-5
     assert error(naive) > 1e-3
+
+
+def test_the_default_verdict_rejects_one_sided_ep_at_a_large_beta(tight_gd):
+    model, params, x, y = random_problem(2, sizes=(5, 8, 3), bias_scale=0.5)
+    biased = verify.compare(model, COST, tight_gd, params, x, y, EP(beta=0.2, variant="positive"))
+    # the bias mostly rescales the gradient: the cosine alone would pass it
+    assert float(biased.overall_cosine) > 0.999 and float(biased.overall_relative_error) > verify.RTOL
+    assert not bool(biased.passed)
+    assert bool(verify.compare(model, COST, tight_gd, params, x, y, EP(beta=1e-2)).passed)  # centered: ~1e-5
+
+
+def test_units_near_a_bound_are_counted_and_reported(tight_gd):
+    model, params, x, y = random_problem(3, sizes=(5, 8, 3), energy="bilinear", bias_scale=0.5)  # boxed in [0, 1]
+    state = eqjax.relax(model, COST, tight_gd, params, x).state
+    baseline = verify.units_near_kink(model, COST, params, x, state)
+    hidden = state[0].at[0, :3].set(jnp.asarray([4e-4, 1 - 2e-4, 0.5]))  # two within 1e-3 of a bound, one not
+    moved = verify.units_near_kink(model, COST, params, x, (hidden,) + tuple(state[1:]))
+    was_near = [0 < float(v) < 1e-3 or 0 < 1 - float(v) < 1e-3 for v in state[0][0, :2]]
+    assert moved == baseline + 2 - sum(was_near)
+    report = verify.compare(model, COST, tight_gd, params, x, y, EP(beta=1e-2), kink_margin=0.6)
+    assert report.units_near_kink > 0 and "at or near a bound" in report.table()  # a wide margin catches some
+
+
+def test_bias_curve_warns_outside_the_asymptotic_regime(tight_gd):
+    model, params, x, y = random_problem(2, sizes=(5, 8, 3), bias_scale=0.5)
+    with pytest.warns(UserWarning, match="not in the asymptotic regime"):
+        # at beta 1e-9 the relaxations' round-off (about tol / beta) dominates: the error grows again
+        curve = verify.bias_curve(model, COST, tight_gd, params, x, y, EP(variant="centered"), [0.1, 1e-3, 1e-9])
+    assert not curve.asymptotic and len(curve.local_slopes) == 2
