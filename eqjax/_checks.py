@@ -114,6 +114,8 @@ def check_inputs(model, x, y=None) -> None:
     if x.ndim != 1 + len(shape) or tuple(x.shape[1:]) != shape:
         raise ValueError(f"x must have shape (batch, {', '.join(map(str, shape))}) for this model, "
                          f"got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x holds no examples (a batch of size 0)")
     if y is not None:
         if not hasattr(y, "dtype") or not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"y must be an integer array of class labels, got {getattr(y, 'dtype', type(y).__name__)}")
@@ -133,6 +135,10 @@ def check_params(model, params) -> None:
     want = [tuple(leaf.shape) for leaf in jax.tree.leaves(expected)]
     if got != want:
         raise ValueError(f"params shapes do not match the model: expected {want}, got {got}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"params{jax.tree_util.keystr(path)} must be a real floating array, got dtype "
+                            f"{jnp.result_type(leaf)} (build parameters with model.init)")
     raise_if_concrete(params, lambda: param_errors(model, params))
 
 
@@ -143,6 +149,9 @@ def check_state(model, state, x, name: str = "state0") -> None:
     got = [tuple(np.shape(leaf)) for leaf in jax.tree.leaves(state)]
     if jax.tree.structure(state) != jax.tree.structure(expected) or got != want:
         raise ValueError(f"{name} must have the structure of the model's state with shapes {want}, got {got}")
+    if not all(jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in jax.tree.leaves(state)):
+        raise TypeError(f"{name} must be floating arrays, got dtypes "
+                        f"{[str(jnp.result_type(leaf)) for leaf in jax.tree.leaves(state)]}")
 
 
 def guard_inputs(model, params, x, y, *parts):
@@ -156,6 +165,15 @@ def guard_inputs(model, params, x, y, *parts):
 def check_call(model, params, x, y, state0, *parts) -> None:
     """Every check of an entry point: shapes, dtypes and structure always (also at trace time
     under jit), values when concrete; ``parts`` (solvers, estimators, phases) check their own."""
+    from eqjax.estimators import Estimator
+    from eqjax.phases import Phase
+    from eqjax.solvers import Solver
+
+    if parts and not isinstance(parts[0], Solver):
+        raise TypeError(f"the solver must be an eqjax.solvers.Solver, got {type(parts[0]).__name__}")
+    for part in parts[1:]:
+        if not isinstance(part, (Estimator, Phase)):
+            raise TypeError(f"expected an eqjax.estimators.Estimator (or a phase for relax), got {type(part).__name__}")
     check_inputs(model, x, y)
     check_params(model, params)
     if state0 is not None:

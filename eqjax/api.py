@@ -92,6 +92,8 @@ def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=Non
     Arguments as in :func:`relax`.
     """
     cost = as_cost(cost)
+    if y is None:
+        raise ValueError("gradients needs the labels y of the batch")
     check_call(model, params, x, y, state0, solver, estimator)
     return _estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
 
@@ -110,5 +112,7 @@ def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=Fal
     """Free-phase predictions: per-example ``loss``, ``accuracy``, ``prediction`` and diagnostics.
     Arguments as in :func:`relax`."""
     cost = as_cost(cost)
+    if y is None:
+        raise ValueError("evaluate needs the labels y of the batch")
     check_call(model, params, x, y, state0, solver)
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)

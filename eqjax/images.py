@@ -44,6 +44,8 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
     """Per example, a crop of the original size from the image zero-padded by ``padding`` (static)
     pixels on every side, at an offset drawn uniformly from ``{0, ..., 2 * padding}`` in each
     direction. ``(B, H, W, C) -> (B, H, W, C)``."""
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
     if padding == 0:
         return images
     batch, height, width, channels = images.shape

@@ -45,6 +45,8 @@ def digits(key: jax.Array, num_examples: int, noise: float = 0.15, flip: float =
     int32 labels, balanced in expectation. ``noise`` is the Gaussian pixel noise std, ``flip`` the
     probability that a pixel is inverted.
     """
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
+        raise ValueError(f"num_examples must be an int >= 0, got {num_examples!r}")
     k_label, k_shift, k_gain, k_flip, k_noise = jax.random.split(key, 5)
     labels = jax.random.randint(k_label, (num_examples,), 0, NUM_CLASSES)
     images = jnp.asarray(glyphs())[labels]

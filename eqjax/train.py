@@ -86,6 +86,9 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     """
     check_model(model)
     cost = as_cost(cost)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)), got "
+                        f"{type(optimizer).__name__}")
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
         grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
@@ -132,6 +135,10 @@ def train_epoch(step: Callable) -> Callable:
     """
 
     def epoch(params, opt_state, solver, estimator, xs, ys, keys=None):
+        if xs.shape[0] != ys.shape[0] or (keys is not None and keys.shape[0] != xs.shape[0]):
+            raise ValueError(f"xs, ys (and keys) must hold the same number of batches, got {xs.shape[0]}, "
+                             f"{ys.shape[0]}" + ("" if keys is None else f", {keys.shape[0]}"))
+
         def body(carry, batch):
             x, y, key = batch
             params, opt_state, metrics, _ = step(*carry, solver, estimator, x, y, None, key)

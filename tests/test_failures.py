@@ -285,3 +285,50 @@ def test_a_sweep_member_with_beta_zero_is_not_ok():
     result = eqjax.sweep.run(member, eqjax.sweep.product(beta=[0.2, 0.0]), X64, Y8)
     np.testing.assert_array_equal(result.ok, [True, False])
     chex.assert_trees_all_equal(result.outputs["w"][1], PARAMS64["weights"][0])
+
+
+# --- bad arguments give an error that names the problem, not a crash from deep inside JAX
+
+def _bad_calls():
+    from eqjax.estimators import BPTT, Contrastive
+
+    as_dtype = lambda dtype: jax.tree.map(lambda a: a.astype(dtype), PARAMS)
+    step = eqjax.train_step(MODEL, COST, optax.sgd(0.1))
+    return {
+        "empty batch": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(0.2), PARAMS, X[:0], Y[:0]), "no examples"),
+        "no labels, gradients": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(0.2), PARAMS, X, None), "needs the labels"),
+        "no labels, evaluate": (lambda: eqjax.evaluate(MODEL, COST, SOLVER, PARAMS, X, None), "needs the labels"),
+        "int32 params": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(0.2), as_dtype(jnp.int32), X, Y),
+                         "must be a real floating array"),
+        "complex params": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(0.2), as_dtype(jnp.complex64), X, Y),
+                           "must be a real floating array"),
+        "vector beta": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(jnp.ones(3)), PARAMS, X, Y), "beta must be a scalar"),
+        "clamped layer out of range": (lambda: eqjax.gradients(MODEL, COST, SOLVER, Contrastive(layer=5), PARAMS, X, Y),
+                                       "layer=5 is out of range"),
+        "negative BPTT steps": (lambda: BPTT(num_steps=-1), "num_steps must be a positive int"),
+        "a solver as estimator": (lambda: eqjax.gradients(MODEL, COST, SOLVER, SOLVER, PARAMS, X, Y),
+                                  "expected an eqjax.estimators.Estimator"),
+        "an optax transform as estimator": (lambda: eqjax.gradients(MODEL, COST, SOLVER, optax.sgd(0.1), PARAMS, X, Y),
+                                            "expected an eqjax.estimators.Estimator"),
+        "an estimator as solver": (lambda: eqjax.gradients(MODEL, COST, EP(0.2), EP(0.2), PARAMS, X, Y),
+                                   "the solver must be an eqjax.solvers.Solver"),
+        "vector-valued cost": (lambda: eqjax.gradients(MODEL, lambda o, y: o, SOLVER, EP(0.2), PARAMS, X, Y),
+                               "one scalar per example"),
+        "int32 state0": (lambda: eqjax.gradients(MODEL, COST, SOLVER, EP(0.2), PARAMS, X, Y,
+                                                 state0=(jnp.zeros((4, 32), jnp.int32), jnp.zeros((4, 10), jnp.int32))),
+                         "state0 must be floating arrays"),
+        "no optimizer": (lambda: eqjax.train_step(MODEL, COST, None), "optimizer must be an optax.GradientTransformation"),
+        "batch counts differ": (lambda: eqjax.train_epoch(step)(PARAMS, optax.sgd(0.1).init(PARAMS), SOLVER, EP(0.2),
+                                                                X.reshape(2, 2, 64), Y.reshape(4, 1)),
+                                "same number of batches"),
+        "negative crop padding": (lambda: eqjax.images.random_crop(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), -2),
+                                  "padding must be an int >= 0"),
+        "negative example count": (lambda: eqjax.synthetic.digits(jax.random.key(0), -1), "num_examples must be an int >= 0"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_bad_arguments_get_a_clear_error(case):
+    call, message = _bad_calls()[case]
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()

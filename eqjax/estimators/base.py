@@ -48,6 +48,8 @@ def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
     outputs = jax.vmap(model.output)(free.state)
     prediction = predict(outputs)
     loss = jax.vmap(cost)(outputs, y)
+    if loss.shape != prediction.shape:
+        raise TypeError(f"the cost must return one scalar per example, got shape {loss.shape[1:]} per example")
     return {
         "loss": jnp.where(free.nonfinite, jnp.nan, loss),
         "accuracy": ((prediction == y) & ~free.nonfinite).astype(loss.dtype),  # non-finite: wrong

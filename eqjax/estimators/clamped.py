@@ -33,6 +33,14 @@ def one_hot_target(y: jax.Array, num_outputs: int, dtype) -> jax.Array:
     return jax.nn.one_hot(y, num_outputs, dtype=dtype)
 
 
+def clamped_leaf(state: tuple, layer: int):
+    """``state[layer]``, or a ``ValueError`` naming the layers there are (``layer`` is static)."""
+    if not -len(state) <= layer < len(state):
+        raise ValueError(f"layer={layer} is out of range: the model's state has {len(state)} layers "
+                         f"(use -1 for the output)")
+    return state[layer]
+
+
 class Contrastive(Estimator):
     """Contrastive learning: ``g = mean_b [dE/dparams(s_clamped) - dE/dparams(s_0)]``.
 
@@ -56,7 +64,7 @@ class Contrastive(Estimator):
         """Free phase, then the clamped phase; see the class."""
 
         def phases(free_state):
-            output = free_state[self.layer]
+            output = clamped_leaf(free_state, self.layer)
             return {"clamped": Clamp(self.target(y, model.num_outputs, output.dtype), layer=self.layer)}
 
         equilibria, aux = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
@@ -102,7 +110,7 @@ class Coupled(Estimator):
         """Free phase, then the clamped phase(s) around the free output; see the class."""
 
         def phases(free_state):
-            output = free_state[self.layer]
+            output = clamped_leaf(free_state, self.layer)
             step = jnp.asarray(self.eta, output.dtype) * (self.target(y, model.num_outputs, output.dtype) - output)
             signs = {"positive": 1, "negative": -1}
             return {name: Clamp(output + signs[name] * step, layer=self.layer)

@@ -60,6 +60,8 @@ class EP(Estimator):
     def errors(self) -> dict:
         """``beta`` real, finite and nonzero, and the nudged solver's own conditions."""
         beta = jnp.asarray(self.beta)
+        if beta.ndim != 0:
+            raise TypeError(f"beta must be a scalar (vmap over the estimator for several), got shape {beta.shape}")
         if jnp.iscomplexobj(beta):
             raise TypeError("EP takes a real beta; for a complex beta use eqjax.estimators.HolomorphicEP")
         own = {f"beta must be a finite nonzero number for EP{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}

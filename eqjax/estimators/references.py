@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
@@ -96,6 +97,11 @@ class BPTT(Estimator):
     """
 
     num_steps: int = struct.field(pytree_node=False, default=100)
+
+    def __post_init__(self):
+        steps = self.num_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {steps!r}")
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Unroll ``solver.step`` ``num_steps`` times and differentiate the batch-mean loss."""
