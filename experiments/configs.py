@@ -211,6 +211,10 @@ def validate(config: dict) -> None:
         raise ValueError("schedule 'cosine' needs schedule_epochs (the epochs over which the rate decays to 0)")
     if config.get("warm_start") and config.get("persistent"):
         raise ValueError("warm_start and persistent cannot both be true")
+    needed = {"langevin": ("step_size", "temperature"), "gradient_descent": ("step_size",)}.get(config.get("solver"), ())
+    missing = [k for k in needed if k not in config]
+    if missing:
+        raise ValueError(f"solver {config['solver']!r} needs {' and '.join(missing)} (--set {missing[0]}=...)")
 
 
 def build(config: dict):

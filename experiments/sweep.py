@@ -255,7 +255,11 @@ def main(argv=None):
         if not (run_dir / "sweep.json").exists():
             raise SystemExit(f"--resume {run_dir}: no sweep.json there (not a sweep directory)")
         current = args
-        args = parse_args(json.loads((run_dir / "sweep.json").read_text())["argv"])
+        try:
+            args = parse_args(json.loads((run_dir / "sweep.json").read_text())["argv"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise SystemExit(f"--resume {run_dir}: sweep.json is not a sweep's record ({type(error).__name__}: "
+                             f"{error}); nothing was changed") from None
         for name in DISTRIBUTED:  # this invocation's process layout, not the first one's
             setattr(args, name, getattr(current, name))
     base = dict(configs.CONFIGS[args.model])

@@ -83,6 +83,8 @@ def check_options(args):
              ("validation", args.validation, lambda v: v >= 0, "0 or more"),
              ("patience", args.patience, lambda v: v >= 1, "at least 1"),
              ("checkpoint-seconds", args.checkpoint_seconds, lambda v: v >= 0, "0 or more"),
+             # jax.random.key(seed + 1) takes a 32-bit seed: larger ones would wrap onto smaller
+             ("seed", args.seed, lambda v: 0 <= v < 2**31 - 1, f"between 0 and {2**31 - 2}"),
              ("devices", args.devices, lambda v: 1 <= v <= len(jax.devices()),
               f"between 1 and the {len(jax.devices())} device(s) JAX sees")]
     for name, value, ok, what in rules:
@@ -133,7 +135,17 @@ def resumed_config(args) -> dict:
         raise SystemExit(f"--resume {args.resume}: no config.json there (not a run directory)") from None
     except json.JSONDecodeError as error:
         raise SystemExit(f"--resume {args.resume}: config.json is not valid JSON ({error})") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    missing = ([] if model not in configs.CONFIGS else
+               sorted((set(configs.CONFIGS[model]) | set(RUN_OPTIONS) | {"epochs"}) - set(config)))
+    if model not in configs.CONFIGS or missing:
+        raise SystemExit(f"--resume {args.resume}: config.json lacks {missing or ['model']} (was it edited?); "
+                         "nothing was changed")
     config["epochs"] = args.epochs or config["epochs"]
+    try:
+        configs.validate(config)
+    except ValueError as error:
+        raise SystemExit(f"--resume {args.resume}: config.json: {error}; nothing was changed") from None
     return config
 
 

@@ -40,6 +40,9 @@ def lines(run_dir: Path):
     (["--set", "nonsense=1"], "has no entry 'nonsense'"),
     (["--patience", "2"], "--patience needs --validation"),
     (["--validation", "640"], "leaves no training example"),
+    (["--seed", "-1"], "--seed must be between 0 and"),
+    (["--seed", str(2**64)], "--seed must be between 0 and"),
+    (["--set", 'solver="langevin"'], "needs step_size and temperature"),
     (["--devices", "0"], f"--devices must be between 1 and the {len(jax.devices())} device"),
     (["--devices", str(len(jax.devices()) + 1)], f"--devices must be between 1 and the {len(jax.devices())} device"),
 ])
@@ -163,3 +166,24 @@ def test_a_kill_right_after_the_epoch_checkpoint_cannot_leave_best_msgpack_behin
         got = runfiles.read_checkpoint(run_dir / "best.msgpack")["params"]
         expected = runfiles.read_checkpoint(run_dir / "checkpoint.msgpack")["params"]
         assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
+
+
+def test_an_edited_config_or_sweep_record_is_refused_before_anything_changes(finished_run, tmp_path):
+    config_path = finished_run / "config.json"
+    original = config_path.read_text()
+    try:
+        config = json.loads(original)
+        del config["beta"]
+        config_path.write_text(json.dumps(config))
+        with pytest.raises(SystemExit, match=r"config.json lacks \['beta'\]"):
+            train.main(["--resume", str(finished_run)])
+        config_path.write_text(json.dumps(dict(json.loads(original), tol=-1)))
+        with pytest.raises(SystemExit, match="config.json: tol must be"):
+            train.main(["--resume", str(finished_run)])
+    finally:
+        config_path.write_text(original)
+    from experiments import sweep
+
+    (tmp_path / "sweep.json").write_text('{"argv": ["--model", "tiny"')  # cut by a kill or an editor
+    with pytest.raises(SystemExit, match="sweep.json is not a sweep's record"):
+        sweep.main(["--resume", str(tmp_path)])
