@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from eqjax._checks import raise_if_concrete
+
 # Per-channel mean and standard deviation of the CIFAR-10 training images scaled to [0, 1]
 # (red, green, blue), the usual normalisation constants.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -94,6 +96,7 @@ class Pipeline(struct.PyTreeNode):
         return {"std must be positive and finite": ~jnp.all((std > 0) & jnp.isfinite(std))}
 
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        raise_if_concrete(self, self.errors)
         images = x.reshape(x.shape[0], *self.image_shape)
         if key is not None:
             crop_key, flip_key = jax.random.split(key)

@@ -44,6 +44,12 @@ def _axis(name, values) -> np.ndarray:
         raise ValueError(f"sweep axis {name!r} must be a non-empty list of numbers, got {values!r}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise TypeError(f"sweep axis {name!r} must hold numbers (static choices need separate runs), got {values!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = array.astype(jax.dtypes.canonicalize_dtype(array.dtype))  # what a traced member sees
+    if (array.dtype.kind in "iu" and not np.array_equal(stored, array)) or \
+            (array.dtype.kind == "f" and np.any(np.isfinite(array) & ~np.isfinite(stored))):
+        raise ValueError(f"sweep axis {name!r} holds values that {stored.dtype} cannot hold: {values!r} (they would "
+                         "wrap or overflow; use smaller values or enable jax_enable_x64)")
     return array
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax._checks import all_finite, check_model, statuses
+from eqjax._checks import all_finite, check_model, raise_if_concrete, statuses
 from eqjax.api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax.equilibrium import RESULTS
@@ -121,6 +121,8 @@ def set_hyperparams(opt_state, **values):
     if unknown:
         raise KeyError(f"the optimizer has no hyperparameters {unknown}; it has {sorted(stored)}")
     updated = {name: jnp.asarray(value, jnp.result_type(stored[name])) for name, value in values.items()}
+    raise_if_concrete(updated, lambda: {f"{name} must be finite, got {value}": ~jnp.all(jnp.isfinite(value))
+                                        for name, value in updated.items()})
     return opt_state._replace(hyperparams={**stored, **updated})
 
 

@@ -332,10 +332,12 @@ class Training:
         log.flush()
         if not finite:
             bar.close()
+            kept = (f"{self.checkpoint} keeps the last good state" if self.checkpoint.exists() else
+                    "no checkpoint was written yet (it diverged before the first one)")
             raise SystemExit(f"training diverged in epoch {epoch + 1}, batches {first}-{last}: the loss is "
                              f"{summary['loss']} ({100 * summary.get('free_nonfinite', 0):.0f}% of relaxations "
-                             f"non-finite). {self.checkpoint} keeps the last good state; start a new run with a "
-                             "smaller learning rate (--set learning_rate=...)")
+                             f"non-finite). {kept}; start a new run with a smaller learning rate "
+                             "(--set learning_rate=...)")
         carry, position = (params, opt_state, state), {"epoch": epoch, "batch": last}
         self.chunks_done += 1
         stopping = bool(self.args.stop_after_chunks) and self.chunks_done >= self.args.stop_after_chunks
@@ -446,6 +448,8 @@ def main(argv=None):
         run_dir = new_run_dir(args.runs_dir, config, args.set)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     with runfiles.RunLock(run_dir):
+        for stale in run_dir.glob(".*.tmp"):  # a write cut by a kill (the files it was replacing are whole)
+            stale.unlink()
         training = Training(args, config, run_dir, data, devices)
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
         records = [r for r in read_records(training.metrics_path) if written_before(r, position)]

@@ -270,7 +270,8 @@ def test_an_invalid_traced_hyperparameter_leaves_the_parameters_unchanged():
         assert float(metrics["skipped"][i]) == 1.0 and np.isnan(float(metrics["loss"][i]))
     assert float(metrics["skipped"][0]) == 0.0 and np.isfinite(float(metrics["loss"][0]))
     assert not np.allclose(np.asarray(member(params, 0)["weights"][0]), np.asarray(PARAMS64["weights"][0]))
-    nan_rate = eqjax.set_hyperparams(opt_state, learning_rate=jnp.nan)  # a non-finite update is not applied
+    # a NaN learning rate that arrives traced (set_hyperparams refuses a concrete one): not applied
+    nan_rate = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": jnp.asarray(jnp.nan)})
     params, _, metrics, _ = step(PARAMS64, nan_rate, SOLVER, EP(beta=0.2), X64, Y8)
     chex.assert_trees_all_equal(params, PARAMS64)
     assert float(metrics["skipped"]) == 1.0
@@ -288,6 +289,11 @@ def test_a_sweep_member_with_beta_zero_is_not_ok():
 
 
 # --- bad arguments give an error that names the problem, not a crash from deep inside JAX
+
+def _in_32_bits(fn, **kwargs):
+    with jax.enable_x64(False):  # JAX's default dtypes, as users have them (these tests run in float64)
+        return fn(**kwargs)
+
 
 def _bad_calls():
     from eqjax.estimators import BPTT, Contrastive
@@ -324,6 +330,13 @@ def _bad_calls():
         "negative crop padding": (lambda: eqjax.images.random_crop(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), -2),
                                   "padding must be an int >= 0"),
         "negative example count": (lambda: eqjax.synthetic.digits(jax.random.key(0), -1), "num_examples must be an int >= 0"),
+        "a seed int32 cannot hold": (lambda: _in_32_bits(eqjax.sweep.product, seed=[1, 2**32 + 1]), "int32 cannot hold"),
+        "a beta float32 cannot hold": (lambda: _in_32_bits(eqjax.sweep.product, beta=[0.1, 1e300]), "float32 cannot hold"),
+        "a zero standard deviation": (lambda: eqjax.images.Pipeline(image_shape=(2, 2, 1), std=0.0)(jnp.ones((1, 4))),
+                                      "std must be positive"),
+        "a NaN learning rate": (lambda: eqjax.set_hyperparams(
+            optax.inject_hyperparams(optax.sgd)(learning_rate=0.1).init(PARAMS), learning_rate=float("nan")),
+            "learning_rate must be finite"),
     }
 
 
