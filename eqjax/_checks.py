@@ -187,11 +187,26 @@ def statuses(aux: dict) -> dict:
     return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
 
 
-def guard_equilibria(tree, equilibria: dict):
+THROW = (False, True, "max_steps")
+
+
+def check_throw(throw) -> None:
+    """``ValueError`` unless ``throw`` is ``False``, ``True`` or ``"max_steps"`` (static)."""
+    if not any(throw is t or (isinstance(t, str) and throw == t) for t in THROW):
+        raise ValueError(f"throw must be False, True or 'max_steps', got {throw!r}")
+
+
+def guard_equilibria(tree, equilibria: dict, throw=True):
     """``tree`` carrying an error for any example that went non-finite in one of the named
-    relaxations (``{phase name: status array}``); for ``throw=True``."""
+    relaxations (``{phase name: status array}``), and with ``throw="max_steps"`` also for any that
+    stopped at ``max_steps`` before the tolerance; for ``throw=True`` / ``"max_steps"``."""
     from eqjax.equilibrium import RESULTS
 
-    return error_if(tree, {f"the relaxation of the {name} phase went NaN or infinite for some examples (a "
-                           "diverging step size, or non-finite inputs or parameters)": status == RESULTS.NONFINITE
+    conditions = {f"the relaxation of the {name} phase went NaN or infinite for some examples (a diverging "
+                  "step size, or non-finite inputs or parameters)": status == RESULTS.NONFINITE
+                  for name, status in equilibria.items()}
+    if throw == "max_steps":
+        conditions.update({f"the relaxation of the {name} phase hit max_steps before the tolerance for some "
+                           "examples (raise max_steps or tol, or pass throw=True to accept it)": status == RESULTS.MAX_STEPS
                            for name, status in equilibria.items()})
+    return error_if(tree, conditions)

@@ -21,7 +21,7 @@ import functools
 
 import jax
 
-from eqjax._checks import check_call, guard_equilibria, guard_inputs, statuses
+from eqjax._checks import check_call, check_throw, guard_equilibria, guard_inputs, statuses
 from eqjax.costs import as_cost
 from eqjax.equilibrium import Equilibrium, mark_examples, screen_examples
 from eqjax.estimators import free_phase_aux
@@ -42,7 +42,7 @@ def _relax(model, cost, solver, params, x, y, phase, state0, key, throw):
     x, y, codes = screen_examples(model, x, y)
     equilibrium = relax_batch(model, cost, solver, params, x, y, phase, state0, key)
     equilibrium = equilibrium.replace(status=mark_examples(equilibrium.status, codes))
-    return guard_equilibria(equilibrium, {type(phase).__name__.lower(): equilibrium.status}) if throw else equilibrium
+    return guard_equilibria(equilibrium, {type(phase).__name__.lower(): equilibrium.status}, throw) if throw else equilibrium
 
 
 def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=None, throw=False) -> Equilibrium:
@@ -58,12 +58,15 @@ def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=N
         is the free phase.
       state0: batched start state, default ``model.init_state`` per example.
       key: PRNG key for stochastic solvers.
-      throw: check values inside the compiled program too (see the module docstring).
+      throw: check values inside the compiled program too (see the module docstring);
+        ``"max_steps"`` also makes a relaxation that stops at ``max_steps`` before the tolerance
+        an error.
     Returns:
       a batched :class:`~eqjax.equilibrium.Equilibrium`; its ``status`` says per example whether it
       converged, hit ``max_steps`` or went non-finite.
     """
     cost, phase = as_cost(cost), as_phase(phase)
+    check_throw(throw)
     check_call(model, params, x, y, state0, solver, phase)
     return _relax(model, cost, solver, params, x, y, phase, state0, key, throw)
 
@@ -71,13 +74,14 @@ def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=N
 def checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw):
     """``estimator.estimate`` behind every check: shapes at trace time, concrete values eagerly,
     and with ``throw`` the traced values and the relaxations' statuses inside the program."""
+    check_throw(throw)
     check_call(model, params, x, y, state0, solver, estimator)
     if throw:
         x = guard_inputs(model, params, x, y, solver, estimator)
     x, y, codes = screen_examples(model, x, y)
     grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
     aux = marked(aux, codes)
-    return guard_equilibria((grads, aux), statuses(aux)) if throw else (grads, aux)
+    return guard_equilibria((grads, aux), statuses(aux), throw) if throw else (grads, aux)
 
 
 _estimate = jax.jit(checked_estimate, static_argnames="throw")
@@ -105,7 +109,7 @@ def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
     x, y, codes = screen_examples(model, x, y)
     free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
     aux = marked(free_phase_aux(model, cost, free, y), codes)
-    return guard_equilibria(aux, statuses(aux)) if throw else aux
+    return guard_equilibria(aux, statuses(aux), throw) if throw else aux
 
 
 def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=False) -> dict:
@@ -114,5 +118,6 @@ def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=Fal
     cost = as_cost(cost)
     if y is None:
         raise ValueError("evaluate needs the labels y of the batch")
+    check_throw(throw)
     check_call(model, params, x, y, state0, solver)
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)

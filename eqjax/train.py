@@ -68,7 +68,8 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     Shapes, dtypes and structure are checked when the step is traced, values when they are
     concrete (an un-jitted call). ``throw=True`` (static) also stops the compiled program with a
     clear message when the batch or the parameters are not finite, labels are out of range, a
-    hyperparameter is invalid (``beta = 0``, ``tol < 0``...) or a relaxation went non-finite.
+    hyperparameter is invalid (``beta = 0``, ``tol < 0``...) or a relaxation went non-finite;
+    ``throw="max_steps"`` also when a relaxation stopped at ``max_steps`` before its tolerance.
     Without it these are reported, not raised, and never reach the parameters:
 
     - examples with a non-finite input or a label out of range, and examples whose relaxation went

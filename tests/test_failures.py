@@ -345,3 +345,16 @@ def test_bad_arguments_get_a_clear_error(case):
     call, message = _bad_calls()[case]
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_throw_max_steps_makes_an_unconverged_relaxation_an_error():
+    short = BlockCoordinate(tol=1e-12, max_steps=2)
+    assert np.all(np.asarray(eqjax.relax(MODEL, COST, short, PARAMS, X, throw=True).status) == RESULTS.MAX_STEPS)
+    with pytest.raises(Exception, match="hit max_steps before the tolerance"):
+        jax.block_until_ready(eqjax.relax(MODEL, COST, short, PARAMS, X, throw="max_steps"))
+    step = jax.jit(eqjax.train_step(MODEL, COST, optax.sgd(0.1), throw="max_steps"))
+    with pytest.raises(Exception, match="hit max_steps before the tolerance"):
+        jax.block_until_ready(step(PARAMS, optax.sgd(0.1).init(PARAMS), short, EP(0.2), X, Y))
+    jax.block_until_ready(step(PARAMS, optax.sgd(0.1).init(PARAMS), SOLVER, EP(0.2), X, Y))  # converged: no error
+    with pytest.raises(ValueError, match="throw must be False, True or 'max_steps'"):
+        eqjax.relax(MODEL, COST, short, PARAMS, X, throw="always")
