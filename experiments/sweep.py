@@ -255,6 +255,12 @@ def main(argv=None):
         if not (run_dir / "sweep.json").exists():
             raise SystemExit(f"--resume {run_dir}: no sweep.json there (not a sweep directory)")
         current = args
+        defaults = vars(parse_args(["--resume", str(run_dir)]))
+        changed = [k for k, v in vars(current).items() if k not in DISTRIBUTED + ("resume", "data_dir") and v != defaults[k]]
+        if changed:
+            raise SystemExit(f"--resume continues {run_dir} with its own settings; "
+                             f"{', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
+                             "(only --data-dir and the process options may be given)")
         try:
             args = parse_args(json.loads((run_dir / "sweep.json").read_text())["argv"])
         except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -273,6 +279,8 @@ def main(argv=None):
         raise SystemExit("give at least one --grid KEY=V1,V2,...")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {args.epochs}")
+    if args.members_per_call is not None and args.members_per_call < 1:
+        raise SystemExit(f"--members-per-call must be at least 1, got {args.members_per_call}")
     for member in member_table(axes):  # every member's config must make sense before anything is written
         try:
             configs.validate(dict(base, **member))

@@ -277,17 +277,38 @@ CONVERGED_WARNING = 0.9  # warn when fewer test examples than this reach the tol
 class Training:
     """One run's loop: chunks of batches with logging and checkpoints, epoch-end evaluation."""
 
-    def __init__(self, args, config, run_dir, data, devices):
-        self.args, self.config, self.run_dir, self.data = args, config, run_dir, data
+    def __init__(self, args, config, data, devices):
+        self.args, self.config, self.data = args, config, data
         self.model, self.cost, self.solver, self.estimator, self.optimizer = configs.build(config)
-        eqjax.check_inputs(self.model, data["x"], data["y"])
-        self.checkpoint, self.metrics_path = run_dir / "checkpoint.msgpack", run_dir / "metrics.jsonl"
+        try:
+            eqjax.check_inputs(self.model, data["x"], data["y"])
+        except (ValueError, TypeError) as error:
+            raise SystemExit(f"the data do not fit the model: {error}") from None
+        self.run_dir = self.checkpoint = self.metrics_path = None  # use_directory sets them
         self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer, devices)
         self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
         self.base_key = jax.random.key(config["seed"] + 1)
         self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
         self.augment = augmentation(config)
         self.chunks_done, self.last_save = 0, time.monotonic()
+
+    def use_directory(self, run_dir: Path):
+        """Write this run's files into ``run_dir``."""
+        self.run_dir, self.checkpoint, self.metrics_path = run_dir, run_dir / "checkpoint.msgpack", run_dir / "metrics.jsonl"
+
+    def preflight(self):
+        """Trace one training batch with abstract values (nothing runs): whatever the config gets
+        wrong at trace time (a learning rule the model cannot use, ...) stops the run here, before
+        a directory is created."""
+        params = self.model.init(jax.random.key(self.config["seed"]), jnp.float32)
+        opt_state = self.optimizer.init(params)
+        state = configs.initial_state(self.config, self.model, len(self.data["x"]))
+        index = jnp.arange(self.config["batch_size"]).reshape(1, -1)
+        try:
+            jax.eval_shape(self.chunk_fn, params, opt_state, state, self.solver, self.estimator, self.data["x"][index],
+                           self.data["y"][index], index, jax.random.split(self.base_key, 1))
+        except (ValueError, TypeError) as error:
+            raise SystemExit(f"this config cannot train: {error}") from None
 
     def start_state(self, resume: bool):
         """``(params, opt_state, state, position)`` from initialisation or the run's checkpoint."""
@@ -442,15 +463,17 @@ def main(argv=None):
     devices = training_devices(args.devices, config["batch_size"])
     data = load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
     config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
+    training = Training(args, config, data, devices)
+    training.preflight()
     if args.resume:
         run_dir = args.resume
     else:
         run_dir = new_run_dir(args.runs_dir, config, args.set)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    training.use_directory(run_dir)
     with runfiles.RunLock(run_dir):
         for stale in run_dir.glob(".*.tmp"):  # a write cut by a kill (the files it was replacing are whole)
             stale.unlink()
-        training = Training(args, config, run_dir, data, devices)
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
         records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
         runfiles.atomic_write_text(training.metrics_path, "".join(runfiles.strict_json(r) + "\n" for r in records))

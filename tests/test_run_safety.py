@@ -187,3 +187,13 @@ def test_an_edited_config_or_sweep_record_is_refused_before_anything_changes(fin
     (tmp_path / "sweep.json").write_text('{"argv": ["--model", "tiny"')  # cut by a kill or an editor
     with pytest.raises(SystemExit, match="sweep.json is not a sweep's record"):
         sweep.main(["--resume", str(tmp_path)])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "sizes=[100, 10]"], "the data do not fit the model"),
+    (["--set", 'estimator="holomorphic"'], "holomorphic EP needs a model whose state is unbounded"),
+])
+def test_configs_that_cannot_train_are_refused_before_a_directory_exists(tmp_path, args, message):
+    with pytest.raises(SystemExit, match=message):
+        train.main(TINY + args + ["--runs-dir", str(tmp_path)])
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())

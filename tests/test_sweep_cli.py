@@ -78,3 +78,12 @@ def test_atomic_rewrites_leave_the_old_file_whole_when_interrupted(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         runfiles.atomic_write_text(path, "")
     assert path.read_text() == "finished record\n"
+
+
+def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
+    with pytest.raises(SystemExit, match="--members-per-call must be at least 1"):
+        sweep.main(["--model", "tiny", "--grid", "beta=0.1,0.2", "--members-per-call", "0", "--runs-dir", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+    (tmp_path / "sweep.json").write_text('{"argv": ["--model", "tiny", "--grid", "beta=0.1,0.2"], "axes": {}}')
+    with pytest.raises(SystemExit, match="--epochs cannot change"):
+        sweep.main(["--resume", str(tmp_path), "--epochs", "7"])  # used to be ignored silently
