@@ -26,6 +26,7 @@ import numpy as np
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from eqjax._checks import check_inputs
 from eqjax.api import gradients, relax
 from eqjax.costs import as_cost
 from eqjax.estimators import ImplicitDiff, contrast_gradient
@@ -279,6 +280,11 @@ def gradient_descending_updates(model, cost, solver, params, x, y, beta: float, 
         raise TypeError("the gradient-descending-updates check needs GradientDescent dynamics "
                         f"(a primitive function), got {type(solver).__name__}")
     cost = as_cost(cost)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    check_inputs(model, x, y)
+    if not (np.isfinite(beta) and beta != 0):
+        raise ValueError(f"beta must be a finite nonzero number for the check (it divides by beta), got {beta!r}")
     free = relax(model, cost, solver, params, x)
     return _updates(model, cost, solver, params, x, y, jnp.asarray(beta, x.dtype), free.state, num_steps)
 

@@ -290,6 +290,11 @@ def test_a_sweep_member_with_beta_zero_is_not_ok():
 
 # --- bad arguments give an error that names the problem, not a crash from deep inside JAX
 
+def _circuit():
+    model = eqjax.models.resistive((4, 3, 2), diode="shockley")
+    return model, model.init(jax.random.key(0)), np.ones(4)
+
+
 def _in_32_bits(fn, **kwargs):
     with jax.enable_x64(False):  # JAX's default dtypes, as users have them (these tests run in float64)
         return fn(**kwargs)
@@ -334,6 +339,22 @@ def _bad_calls():
         "a beta float32 cannot hold": (lambda: _in_32_bits(eqjax.sweep.product, beta=[0.1, 1e300]), "float32 cannot hold"),
         "a zero standard deviation": (lambda: eqjax.images.Pipeline(image_shape=(2, 2, 1), std=0.0)(jnp.ones((1, 4))),
                                       "std must be positive"),
+        "to_spice with a label out of range": (lambda: eqjax.analog.to_spice(*_circuit(), y=5, beta=0.1), "y must be a label"),
+        "to_spice with a fractional label": (lambda: eqjax.analog.to_spice(*_circuit(), y=0.7, beta=0.1),
+                                             "one integer label"),
+        "to_spice with a NaN beta": (lambda: eqjax.analog.to_spice(*_circuit(), y=1, beta=float("nan")),
+                                     "beta must be a finite non-negative"),
+        "to_spice of a Hopfield net": (lambda: eqjax.analog.to_spice(MODEL, PARAMS, X[0]), "exports resistive networks"),
+        "a memristor with an infinite range": (lambda: eqjax.analog.devices.memristor(0.0, float("inf")),
+                                               "g_max must be a finite number"),
+        "a memristor with NaN write noise": (lambda: eqjax.analog.devices.memristor(0.0, 1.0, write_std=float("nan")),
+                                             "write_std must be a finite number"),
+        "a memristor with negative potentiation": (lambda: eqjax.analog.devices.memristor(0.0, 1.0, potentiation=-0.5),
+                                                   "potentiation must be a finite number"),
+        "the updates check at beta 0": (lambda: eqjax.verify.gradient_descending_updates(
+            MODEL, COST, GradientDescent(), PARAMS, X, Y, beta=0.0, num_steps=3), "beta must be a finite nonzero"),
+        "the updates check with a label out of range": (lambda: eqjax.verify.gradient_descending_updates(
+            MODEL, COST, GradientDescent(), PARAMS, X, Y.at[0].set(10), beta=0.1, num_steps=3), "labels outside"),
         "a NaN learning rate": (lambda: eqjax.set_hyperparams(
             optax.inject_hyperparams(optax.sgd)(learning_rate=0.1).init(PARAMS), learning_rate=float("nan")),
             "learning_rate must be finite"),

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -160,7 +161,15 @@ def memristor(g_min: float, g_max: float, num_levels: int | None = None, potenti
               stochastic_pulses: bool = False, seed: int = 0) -> optax.GradientTransformation:
     """A whole device model: pulses (quantization, optionally stochastic), nonlinear asymmetric
     response, device-to-device and cycle-to-cycle variation, then the conductance range. Chain it
-    after an optimizer."""
+    after an optimizer. The range must be finite with ``0 <= g_min < g_max``; ``potentiation`` and
+    ``depression`` finite and ``>= 0``; the standard deviations finite and ``>= 0``."""
+    numbers = dict(g_min=g_min, g_max=g_max, potentiation=potentiation, depression=depression, write_std=write_std,
+                   device_std=device_std)
+    for name, value in numbers.items():
+        if not (np.isfinite(value) and (name == "g_max" or value >= 0)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not g_min < g_max:
+        raise ValueError(f"the conductance range needs g_min < g_max, got [{g_min}, {g_max}]")
     parts = []
     if num_levels is not None:
         parts.append(pulse_quantization(g_min, g_max, num_levels, stochastic_pulses, seed + 2))

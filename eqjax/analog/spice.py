@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eqjax._checks import check_params
 from eqjax.analog.circuit import check_circuit
+from eqjax.models.resistive import Resistive
 
 DIODE_MODEL = "DEQJAX"
 
@@ -49,11 +51,19 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
         resistor of conductance ``beta`` from each output node to a source at its target
         voltage, which injects the current ``-beta dC/dV``.
     """
+    if not isinstance(model, Resistive):
+        raise TypeError(f"to_spice exports resistive networks (eqjax.models.resistive), got {type(model).__name__}")
     if model.diode == "ideal":
         raise ValueError("ideal diodes have no SPICE element: export a network with "
                          "diode='shockley' or diode='none'")
-    if beta < 0:
-        raise ValueError(f"beta must be non-negative for a physical nudging resistor, got {beta}")
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite non-negative number for a physical nudging resistor, got {beta}")
+    if y is not None and not (isinstance(y, (int, np.integer)) or (np.ndim(y) == 0 and
+                                                                   np.issubdtype(np.asarray(y).dtype, np.integer))):
+        raise TypeError(f"y must be one integer label, got {y!r}")
+    if y is not None and not 0 <= int(y) < model.num_outputs:
+        raise ValueError(f"y must be a label in [0, {model.num_outputs - 1}], got {y}")
+    check_params(model, params)
     check_circuit(model, params)
     x = np.asarray(x, np.float64)
     if x.shape != (model.num_inputs,) or not np.all(np.isfinite(x)):
