@@ -86,6 +86,6 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, devices=Non
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
         grads, aux = estimate(estimator, solver, params, x, y, state0, key)
-        return (*apply_update(optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
+        return (*apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
 
     return step

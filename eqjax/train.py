@@ -46,11 +46,13 @@ def summarize(aux: dict) -> dict:
     return metrics
 
 
-def hyperparameters_invalid(solver, estimator) -> jax.Array:
+def step_invalid(model, params, solver, estimator) -> jax.Array:
     """A bool scalar: some traced hyperparameter of ``solver`` or ``estimator`` breaks its rule
     (``beta = 0`` or not finite, ``tol < 0``, a step size that is not positive...), as their
-    ``errors()`` state it."""
-    violated = [jnp.any(v) for v in {**solver.errors(), **estimator.errors()}.values()]
+    ``errors()`` state it, or the parameters break the model's own constraints
+    (``model.parameter_errors``, e.g. a negative conductance)."""
+    conditions = {**solver.errors(), **estimator.errors(), **model.parameter_errors(params)}
+    violated = [jnp.any(v) for v in conditions.values()]
     return jnp.any(jnp.stack(violated)) if violated else jnp.zeros((), bool)
 
 
@@ -76,8 +78,9 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
       non-finite, are frozen, left out of the gradient and counted in ``metrics``
       (``invalid_input``, ``invalid_label``, ``<phase>_nonfinite``), and the batch's ``loss`` is
       NaN;
-    - when a traced hyperparameter of the solver or the estimator is invalid, or the optimizer's
-      update is not finite (e.g. a NaN learning rate), the step returns ``params`` and
+    - when a traced hyperparameter of the solver or the estimator is invalid, the parameters break
+      the model's constraints (a negative conductance), or the optimizer's update is not finite
+      (e.g. a NaN learning rate), the step returns ``params`` and
       ``opt_state`` unchanged, ``metrics["skipped"] = 1`` and a NaN ``loss`` (so a sweep member
       with such a value is not ``ok``, and ``make train`` stops).
 
@@ -93,17 +96,17 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
         grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
-        return (*apply_update(optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
+        return (*apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
 
     return step
 
 
-def apply_update(optimizer, params, opt_state, grads, aux, solver, estimator) -> tuple:
-    """``(params, opt_state, metrics)`` after the optimizer's update for ``grads``, unless a traced
-    hyperparameter is invalid or the update is not finite: then ``params`` and ``opt_state`` come
-    back unchanged, ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`)."""
+def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator) -> tuple:
+    """``(params, opt_state, metrics)`` after the optimizer's update for ``grads``, unless
+    :func:`step_invalid` or the update is not finite: then ``params`` and ``opt_state`` come back
+    unchanged, ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`)."""
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    skipped = hyperparameters_invalid(solver, estimator) | ~all_finite(updates)
+    skipped = step_invalid(model, params, solver, estimator) | ~all_finite(updates)
     keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
     metrics = summarize(aux)
     metrics["loss"] = jnp.where(skipped, jnp.nan, metrics["loss"])

@@ -379,3 +379,14 @@ def test_throw_max_steps_makes_an_unconverged_relaxation_an_error():
     jax.block_until_ready(step(PARAMS, optax.sgd(0.1).init(PARAMS), SOLVER, EP(0.2), X, Y))  # converged: no error
     with pytest.raises(ValueError, match="throw must be False, True or 'max_steps'"):
         eqjax.relax(MODEL, COST, short, PARAMS, X, throw="always")
+
+
+def test_parameters_that_break_the_model_constraints_are_not_trained_on_inside_jit():
+    model = eqjax.models.resistive((6, 5, 3))
+    params = model.init(jax.random.key(0), jnp.float64)
+    params["conductances"] = (params["conductances"][0].at[0, 0].set(-1.0),) + tuple(params["conductances"][1:])
+    x, y = jax.random.uniform(jax.random.key(1), (4, 6), jnp.float64), jnp.asarray([0, 1, 2, 0])
+    step = jax.jit(eqjax.train_step(model, COST, optax.sgd(0.01)))
+    new, _, metrics, _ = step(params, optax.sgd(0.01).init(params), BlockCoordinate(max_steps=10), EP(0.5), x, y)
+    chex.assert_trees_all_equal(new, params)  # a negative conductance: no update, the step says why it stopped
+    assert float(metrics["skipped"]) == 1.0 and np.isnan(float(metrics["loss"]))
