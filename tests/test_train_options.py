@@ -59,7 +59,7 @@ def test_augmentation_entries_are_checked():
         configs.validate(dict(configs.CONFIGS["tiny"], flip=True))
     with pytest.raises(ValueError, match="crop_padding must be an int >= 0"):
         configs.validate(dict(configs.CONFIGS["conv-fmnist"], crop_padding=-1))
-    assert train.augmentation(dict(configs.CONFIGS["conv-fmnist"], flip=False)) is None  # neither asked for
+    assert train.augmentation(configs.CONFIGS["conv-fmnist"]) is None  # neither asked for
 
 
 def test_flip_augmentation_flips_some_images_and_keeps_the_others():
