@@ -5,7 +5,7 @@ Layouts: maps are NHWC ``(B, H, W, C)``, kernels HWIO ``(k, k, C_in, C_out)``; c
 stride 1 and ``padding`` zeros on each side.
 
 Why these exist: XLA's CPU backend runs JAX's own transposes of a convolution (with respect to its
-input or its kernel, as reverse-mode autodiff emits them) about ten times slower inside a loop than
+input or its kernel, as reverse-mode autodiff emits them) several times slower inside a loop than
 the same arithmetic written as a forward convolution (BENCHMARKS.md, "Where a conv sweep's time
 goes"); and every relaxation step and training step runs inside a loop. So
 
