@@ -6,8 +6,8 @@ stride 1 and ``padding`` zeros on each side.
 
 Why these exist: XLA's CPU backend runs JAX's own transposes of a convolution (with respect to its
 input or its kernel, as reverse-mode autodiff emits them) several times slower inside a loop than
-the same arithmetic written as a forward convolution (BENCHMARKS.md, "Where a conv sweep's time
-goes"); and every relaxation step and training step runs inside a loop. So
+the same arithmetic written as a forward convolution (BENCHMARKS.md, "Convolutional EP against
+PyTorch"); and every relaxation step and training step runs inside a loop. So
 
 - :func:`input_gradient` is the transpose with respect to the input as a convolution with the
   kernel flipped and its channels swapped (:func:`feedback_kernel`, prepared once per batch);
