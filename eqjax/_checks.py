@@ -187,12 +187,9 @@ def statuses(aux: dict) -> dict:
     return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
 
 
-THROW = (False, True, "max_steps")
-
-
 def check_throw(throw) -> None:
     """``ValueError`` unless ``throw`` is ``False``, ``True`` or ``"max_steps"`` (static)."""
-    if not any(throw is t or (isinstance(t, str) and throw == t) for t in THROW):
+    if not (throw is False or throw is True or throw == "max_steps"):
         raise ValueError(f"throw must be False, True or 'max_steps', got {throw!r}")
 
 

@@ -31,7 +31,8 @@ from eqjax.relaxation import relax_batch
 
 def marked(aux: dict, codes) -> dict:
     """An estimator's ``aux`` with :func:`~eqjax.equilibrium.screen_examples`'s codes in every phase's status."""
-    return {name: ({**value, "status": mark_examples(value["status"], codes)} if name in statuses(aux) else value)
+    phases = statuses(aux)
+    return {name: ({**value, "status": mark_examples(phases[name], codes)} if name in phases else value)
             for name, value in aux.items()}
 
 
