@@ -7,20 +7,23 @@ Every check that needs values is written once, as a dict ``{message: violated}``
 - raised eagerly as ``ValueError`` by :func:`raise_if_concrete` when the values are concrete (also
   for concrete arrays closed over inside a user's ``jax.jit``: they are evaluated with
   ``jax.ensure_compile_time_eval``, never converted from tracers);
-- attached to the computation with ``equinox.error_if`` by :func:`error_if` when the caller asks
-  for ``throw=True``: a jitted or vmapped program then stops with that message at run time.
+- attached to the computation by :func:`error_if` when the caller asks for ``throw=True``: a
+  jitted or vmapped program then stops with that message at run time.
 
 Shape, dtype and structure checks need no values and always run.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
-import equinox
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from equinox.internal import unvmap_any
+from jax import lax
 
 from eqjax.models.base import EnergyModel, missing_members
 
@@ -60,13 +63,43 @@ def merge_conditions(*dicts) -> dict:
     return merged
 
 
+def _raise_first_violation(index, messages: tuple) -> None:
+    """Host side of :func:`error_if`: raise ``ValueError`` with the message of the lowest violated
+    index (``index`` is ``-1`` where nothing is violated; it has a leading axis under ``vmap``)."""
+    violated = [int(i) for i in np.ravel(np.asarray(index)) if i >= 0]
+    if violated:
+        raise ValueError(f"eqjax: {messages[min(violated)]}")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _checked(x, index, messages: tuple):
+    """``x``, after a host callback that raises when ``index >= 0`` (anywhere in a vmapped batch).
+    The callback sits in the taken branch of a ``lax.cond``, so a passing check costs one
+    comparison and no host round-trip."""
+
+    def report(tree):
+        jax.debug.callback(functools.partial(_raise_first_violation, messages=messages), index)
+        return tree
+
+    return lax.cond(unvmap_any(index >= 0), report, lambda tree: tree, x)
+
+
+@_checked.defjvp
+def _checked_jvp(messages, primals, tangents):
+    x, index = primals
+    return _checked(x, index, messages), tangents[0]
+
+
 def error_if(x, conditions: dict):
-    """``x`` with every ``{message: violated}`` condition attached by ``equinox.error_if``: at run
-    time (also under ``jax.jit``/``jax.vmap``) a violated condition raises an error carrying the
-    message. Use the returned ``x`` so the checks stay in the program."""
-    for message, violated in conditions.items():
-        x = equinox.error_if(x, jnp.any(violated), message)
-    return x
+    """``x`` with every ``{message: violated}`` condition attached: at run time (also under
+    ``jax.jit``/``jax.vmap``) a violated condition raises ``ValueError("eqjax: <message>")`` from a
+    host callback, which JAX re-raises as its ``JaxRuntimeError`` (JAX writes that error's first line
+    itself; the eqjax message is its last). Use the returned ``x`` so the checks stay in the program."""
+    if not conditions:
+        return x
+    flags = jnp.stack([jnp.any(violated) for violated in conditions.values()])
+    index = jnp.where(jnp.any(flags), jnp.argmax(flags), -1)
+    return _checked(x, index, tuple(conditions))
 
 
 def all_finite(tree) -> jax.Array:
@@ -155,7 +188,7 @@ def check_state(model, state, x, name: str = "state0") -> None:
 
 
 def guard_inputs(model, params, x, y, *parts):
-    """``x`` carrying (``equinox.error_if``) every value check of the batch, the parameters and the
+    """``x`` carrying (:func:`error_if`) every value check of the batch, the parameters and the
     ``parts`` (solvers, estimators, phases: anything with ``errors()``); for ``throw=True``."""
     conditions = merge_conditions(input_errors(model, x, y), param_errors(model, params),
                                   *(part.errors() for part in parts))

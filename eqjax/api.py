@@ -6,7 +6,7 @@ Each checks its arguments and then calls a jitted core:
 - values (finite inputs and parameters, labels in range, ``beta`` finite and nonzero, ``tol >= 0``,
   model constraints such as non-negative conductances) eagerly whenever they are concrete;
 - with ``throw=True`` the same value checks, plus "no relaxation went non-finite", inside the
-  compiled program (``equinox.error_if``), so traced values are checked too;
+  compiled program (:func:`eqjax._checks.error_if`, a host callback), so traced values are checked too;
 - without it, inside a compiled program, an example whose input is not finite or whose label is
   out of range is flagged (``RESULTS.INVALID_INPUT`` / ``INVALID_LABEL`` in its status), frozen
   and left out of the gradient (:func:`~eqjax.equilibrium.screen_examples`).

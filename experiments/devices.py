@@ -23,7 +23,7 @@ import optax
 from tqdm import tqdm
 
 import eqjax
-from experiments import configs
+from experiments import configs, runfiles
 from experiments.splits import load_split
 from eqjax.analog import devices  # noqa: E402
 
@@ -79,10 +79,9 @@ def main(argv=None):
                         "seconds": time.time() - start})
         print(json.dumps(results[-1]), flush=True)
 
-    run_dir = args.runs_dir / f"devices-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                      "g_max": G_MAX, "results": results}, indent=2))
+    run_dir = runfiles.fresh_directory(args.runs_dir, f"devices-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "g_max": G_MAX, "results": results}
+    runfiles.atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +108,7 @@ def main(argv=None):
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
     fig.tight_layout()
-    fig.savefig(run_dir / "devices.png", dpi=120)
+    runfiles.save_figure(fig, run_dir / "devices.png")
     print(f"wrote {run_dir}/results.json and devices.png")
     return run_dir
 

@@ -26,7 +26,7 @@ import csv
 import statistics
 from pathlib import Path
 
-from experiments import configs, sweep
+from experiments import configs, runfiles, sweep
 
 # rule family: (--set entries, --grid entries, how a result row names its rule)
 FAMILIES = {
@@ -122,7 +122,7 @@ def plot(table: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("test error (%)")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runfiles.save_figure(fig, path)
     plt.close(fig)
 
 
@@ -136,7 +136,7 @@ def main(argv=None):
                 rows_by_rule.setdefault(name(row), []).append(row)
     table = summarize(rows_by_rule)
     text = markdown(table, args)
-    (root / "table.md").write_text(text)
+    runfiles.atomic_write_text(root / "table.md", text)
     plot(table, root / "rules.png", f"{args.model}, {args.dataset}, {args.epochs} epochs, {args.seeds} seeds")
     print(text)
     print(f"wrote {root / 'table.md'} and {root / 'rules.png'}")

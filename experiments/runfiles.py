@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -37,6 +38,14 @@ def atomic_write_text(path: Path, text: str):
     """:func:`atomic_write_bytes` of ``text`` (UTF-8): a file rewritten whole (a run's records on
     resume) is either the old one or the new one, never truncated."""
     atomic_write_bytes(path, text.encode())
+
+
+def save_figure(fig, path: Path, dpi: int = 120):
+    """A matplotlib figure written as PNG with :func:`atomic_write_bytes`: a kill while drawing
+    leaves the previous plot, never half a file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def fresh_directory(parent: Path, name: str) -> Path:
@@ -113,7 +122,9 @@ def strict_json(record: dict) -> str:
 
 class RunLock:
     """An exclusive lock on a run (or sweep) directory for as long as the ``with`` block runs; a
-    second process gets a ``SystemExit`` naming the holder instead of writing into the same files."""
+    second process gets a ``SystemExit`` naming the holder instead of writing into the same files.
+    Taking it removes the temporary files of writes cut by a kill (the files they were replacing
+    are whole, see :func:`atomic_write_bytes`)."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
@@ -132,6 +143,8 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"process {os.getpid()}")
         self.file.flush()
+        for stale in self.path.parent.glob(".*.tmp"):
+            stale.unlink()
         return self
 
     def __exit__(self, *exc):

@@ -243,7 +243,7 @@ def plot(run_dir: Path, axes: dict, rows: list[dict], epochs: int):
         ax.legend(fontsize=8)
     ax.set_title(run_dir.name, fontsize=9)
     fig.tight_layout()
-    fig.savefig(run_dir / "sweep.png", dpi=120)
+    runfiles.save_figure(fig, run_dir / "sweep.png")
     plt.close(fig)
 
 
@@ -291,8 +291,8 @@ def main(argv=None):
     if run_dir is None and primary:
         name = f"sweep-{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = runfiles.fresh_directory(args.runs_dir, name)
-        (run_dir / "sweep.json").write_text(json.dumps({"argv": sys.argv[1:] if argv is None else list(argv),
-                                                         "axes": axes}, indent=2))
+        record = {"argv": sys.argv[1:] if argv is None else list(argv), "axes": axes}
+        runfiles.atomic_write_text(run_dir / "sweep.json", json.dumps(record, indent=2))
 
     with runfiles.RunLock(run_dir) if primary else contextlib.nullcontext():  # one process per sweep directory
         return run_members(args, base, axes, run_dir, primary)

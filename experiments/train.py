@@ -234,7 +234,7 @@ def plot_curve(run_dir: Path, records):
     ax.legend()
     ax.set_title(run_dir.name)
     fig.tight_layout()
-    fig.savefig(run_dir / "curve.png", dpi=120)
+    runfiles.save_figure(fig, run_dir / "curve.png")
     plt.close(fig)
 
 
@@ -469,11 +469,9 @@ def main(argv=None):
         run_dir = args.resume
     else:
         run_dir = new_run_dir(args.runs_dir, config, args.set)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        runfiles.atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
     training.use_directory(run_dir)
     with runfiles.RunLock(run_dir):
-        for stale in run_dir.glob(".*.tmp"):  # a write cut by a kill (the files it was replacing are whole)
-            stale.unlink()
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
         records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
         runfiles.atomic_write_text(training.metrics_path, "".join(runfiles.strict_json(r) + "\n" for r in records))

@@ -1,6 +1,8 @@
 """The training CLI never loses a run and never answers silently wrong (issue: the training application)."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -166,6 +168,36 @@ def test_a_kill_right_after_the_epoch_checkpoint_cannot_leave_best_msgpack_behin
         got = runfiles.read_checkpoint(run_dir / "best.msgpack")["params"]
         expected = runfiles.read_checkpoint(run_dir / "checkpoint.msgpack")["params"]
         assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
+
+
+def kill_when_replacing(name: str):
+    """An ``os.replace`` that dies (``KeyboardInterrupt``, as a kill would stop the process) when a
+    file called ``name`` is about to be replaced: the temporary file is written, the rename is not."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == name:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    return replace
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "curve.png", "checkpoint.msgpack"])
+def test_a_kill_while_a_resumed_run_rewrites_a_file_loses_nothing(tmp_path, finished_run, monkeypatch, name):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+    monkeypatch.setattr(runfiles.os, "replace", kill_when_replacing(name))
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
+    # the file being replaced is the old one, whole; the epoch-1 record is still there
+    assert (run_dir / name).read_bytes() == before[name]
+    assert [r["epoch"] for r in lines(run_dir) if r["kind"] == "epoch"][0] == 1
+    monkeypatch.undo()
+    train.main(["--resume", str(run_dir), "--epochs", "2"])  # and the run finishes from there
+    assert [r["epoch"] for r in lines(run_dir) if r["kind"] == "epoch"] == [1, 2]
+    assert not list(run_dir.glob(".*.tmp"))  # the cut write's temporary file is cleaned up
 
 
 def test_an_edited_config_or_sweep_record_is_refused_before_anything_changes(finished_run, tmp_path):

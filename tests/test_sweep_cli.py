@@ -80,6 +80,32 @@ def test_atomic_rewrites_leave_the_old_file_whole_when_interrupted(tmp_path, mon
     assert path.read_text() == "finished record\n"
 
 
+def test_a_kill_while_a_resumed_sweep_rewrites_its_table_loses_no_row(tmp_path, monkeypatch):
+    from experiments import runfiles
+
+    args = ["--model", "tiny", "--epochs", "1", "--train-limit", "480", "--test-limit", "100", "--validation", "160",
+            "--grid", "beta=0.1,0.2,0.3"]
+    run_dir = sweep.main(args + ["--runs-dir", str(tmp_path)])
+    lines = (run_dir / "results.csv").read_text().splitlines()
+    (run_dir / "results.csv").write_text("\n".join(lines[:3]) + "\n")  # two rows finished, one lost to a kill
+    before = (run_dir / "results.csv").read_text()
+    real = runfiles.os.replace
+
+    def killed_on_the_table(src, dst):
+        if str(dst).endswith("results.csv"):
+            raise KeyboardInterrupt  # a kill between the temporary file and the rename
+        real(src, dst)
+
+    monkeypatch.setattr(runfiles.os, "replace", killed_on_the_table)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.main(["--resume", str(run_dir)])
+    assert (run_dir / "results.csv").read_text() == before  # both finished rows kept
+    monkeypatch.undo()
+    sweep.main(["--resume", str(run_dir)])
+    assert sorted(r["beta"] for r in rows(run_dir)) == ["0.1", "0.2", "0.3"]
+    assert not list(run_dir.glob(".*.tmp"))  # the cut write's temporary file is cleaned up
+
+
 def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
     with pytest.raises(SystemExit, match="--members-per-call must be at least 1"):
         sweep.main(["--model", "tiny", "--grid", "beta=0.1,0.2", "--members-per-call", "0", "--runs-dir", str(tmp_path)])
