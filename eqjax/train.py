@@ -78,9 +78,10 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
       non-finite, are frozen, left out of the gradient and counted in ``metrics``
       (``invalid_input``, ``invalid_label``, ``<phase>_nonfinite``), and the batch's ``loss`` is
       NaN;
-    - when a traced hyperparameter of the solver or the estimator is invalid, the parameters break
-      the model's constraints (a negative conductance), or the optimizer's update is not finite
-      (e.g. a NaN learning rate), the step returns ``params`` and
+    - when a traced hyperparameter of the solver, the estimator or the optimizer is invalid (a
+      scalar of ``opt_state`` that is not finite, such as a NaN learning rate of
+      ``optax.inject_hyperparams``), or the parameters break the model's constraints (a negative
+      conductance), the step returns ``params`` and
       ``opt_state`` unchanged, ``metrics["skipped"] = 1`` and a NaN ``loss`` (so a sweep member
       with such a value is not ``ok``, and ``make train`` stops).
 
@@ -103,10 +104,17 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
 
 def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator) -> tuple:
     """``(params, opt_state, metrics)`` after the optimizer's update for ``grads``, unless
-    :func:`step_invalid` or the update is not finite: then ``params`` and ``opt_state`` come back
-    unchanged, ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`)."""
+    :func:`step_invalid` or a scalar of the optimizer's state before or after the update (a learning
+    rate, a schedule's value) is not finite: then ``params`` and ``opt_state`` come back unchanged,
+    ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`).
+
+    The update itself is not scanned: that is a pass over every parameter, 10% of a DHN-1H step
+    (BENCHMARKS.md). Its inputs are checked instead (finite examples and equilibria, finite
+    hyperparameters), so only an overflow can make it non-finite; the next batch's relaxations
+    then go non-finite and are flagged."""
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    skipped = step_invalid(model, params, solver, estimator) | ~all_finite(updates)
+    scalars = [leaf for leaf in jax.tree.leaves((opt_state, new_opt_state)) if jnp.ndim(leaf) == 0]
+    skipped = step_invalid(model, params, solver, estimator) | ~all_finite(scalars)
     keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
     metrics = summarize(aux)
     metrics["loss"] = jnp.where(skipped, jnp.nan, metrics["loss"])
