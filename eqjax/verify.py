@@ -110,13 +110,15 @@ def compare(model, cost, solver, params, x, y, estimator, reference=None, *, sta
     """Compare ``estimator``'s gradient on the batch ``(x, y)`` with ``reference``'s.
 
     Args:
-      model, cost, solver, params, x, y, state0, key: as for :func:`eqjax.gradients` (the same
-        solver relaxes both estimators' free phases).
+      model: as for :func:`eqjax.gradients`, like ``cost``, ``params``, ``x``, ``y``, ``state0``
+        and ``key``.
+      solver: relaxes both estimators' free phases.
       estimator: any :class:`~eqjax.estimators.Estimator`.
       reference: an estimator taken as the truth; default :class:`~eqjax.estimators.ImplicitDiff`
         (exact at a strict minimum). ``BPTT`` (through the solver's unrolled steps) and
         ``FiniteDifferences`` (central differences of the loss) are the others.
-      rtol, min_cosine: the verdict's thresholds (``passed``; see :data:`RTOL`).
+      rtol: the largest relative error that ``passed`` (see :data:`RTOL`).
+      min_cosine: the smallest cosine similarity that ``passed`` (see :data:`MIN_COSINE`).
       kink_margin: the distance to a bound, and the drive, under which a boxed unit counts as
         near a kink (:func:`units_near_kink`).
     Returns:

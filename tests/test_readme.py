@@ -3,7 +3,12 @@
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def snippets(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
 def test_readme_example_runs_and_compiles_the_epoch_once():
@@ -31,3 +36,16 @@ def test_readme_verification_example_runs():
     assert bool(namespace["check"].passed)
     assert abs(namespace["curve"].slope - 3) < 0.3  # holomorphic EP with 3 phases: O(beta^3)
     assert float(namespace["steps"].param_relative_error.max()) < 1e-3
+
+
+def test_every_readme_and_site_snippet_runs_on_its_own():
+    # the README's three above are run (and checked) by the tests above; the others here
+    assert len(snippets(README)) == 4
+    devices = snippets(README)[3]
+    namespace = {}
+    exec(devices, namespace)  # noqa: S102
+    assert callable(namespace["optimizer"].update)
+    (home,) = snippets(ROOT / "docs" / "index.md")
+    namespace = {}
+    exec(home, namespace)  # noqa: S102 - the site's home page example, as printed
+    assert float(namespace["metrics"]["accuracy"][-10:].mean()) > 0.85  # training accuracy; chance is 0.1

@@ -47,9 +47,10 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
         (ideal diodes have no SPICE element).
       params: its concrete parameters (checked with :func:`check_circuit`).
       x: one input, shape ``(n_in,)``.
-      y, beta: optional nudging with the squared-error cost ``1/2 ||V_out - onehot(y)||^2``: a
-        resistor of conductance ``beta`` from each output node to a source at its target
-        voltage, which injects the current ``-beta dC/dV``.
+      y: optional label to nudge towards with the squared-error cost
+        ``1/2 ||V_out - onehot(y)||^2``.
+      beta: the nudging strength: a resistor of conductance ``beta`` from each output node to a
+        source at its target voltage, which injects the current ``-beta dC/dV``.
     """
     if not isinstance(model, Resistive):
         raise TypeError(f"to_spice exports resistive networks (eqjax.models.resistive), got {type(model).__name__}")

@@ -320,7 +320,8 @@ def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", poo
     Args:
       image_shape: ``(H, W, C)`` of one input image.
       channels: output channels of each conv layer, e.g. ``(32, 64)``.
-      kernel, padding: an int, or one per conv layer (square kernels, stride 1, zero padding).
+      kernel: side of the square kernels (stride 1), an int or one per conv layer.
+      padding: zero padding on each side, an int or one per conv layer.
       pooling: ``"max"``, ``"avg"`` or ``"none"``, or one per conv layer.
       pool_size: side of the non-overlapping pooling windows.
       dense: sizes of dense hidden layers after the last conv layer (may be empty).
@@ -329,7 +330,8 @@ def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", poo
         the energy, for a cross-entropy cost; Laborieux et al. 2021).
       output_bounds: ``(lo, hi)`` of the output units with the hopfield readout (default ``(0, 1)``;
         ``(-inf, inf)`` for linear outputs).
-      gain, init_scheme: weight initialisation (see :meth:`ConvHopfield.init`).
+      gain: scale of the weight initialisation (see :meth:`ConvHopfield.init`).
+      init_scheme: the weight initialisation's scheme (see :meth:`ConvHopfield.init`).
     """
     image_shape = tuple(image_shape)
     if len(image_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in image_shape):
