@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 import eqjax
+from benchmarks.run import batch_steps
 from experiments import configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def training_seconds(config: dict, batches: int, devices) -> dict:
         *carry, metrics = jax.block_until_ready(chunk(*carry, solver, estimator, x[index], y[index], index, keys))
         seconds.append(time.perf_counter() - start)
     return {"compile_and_first_call_seconds": seconds[0], "timed_seconds": seconds[1], "timed_batches": batches,
-            "mean_sweeps": {k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")}}
+            "mean_sweeps": batch_steps(metrics)}
 
 
 def epoch_figure(name: str, dataset: str, args) -> dict:

@@ -83,6 +83,14 @@ def compile_with_memory(jitted, *args) -> tuple[float, float]:
     return seconds, total / MIB
 
 
+def batch_steps(metrics) -> dict:
+    """``{"<phase>_steps": mean over the chunk's batches of the steps each batch ran}`` from a
+    chunk's metrics: the ``<phase>_batch_steps`` metrics (the most steps any example of the batch
+    needed: what the batch computed), not ``<phase>_steps`` (the mean of the examples' own counts)."""
+    suffix = "_batch_steps"
+    return {k.removesuffix(suffix) + "_steps": float(jnp.mean(v)) for k, v in metrics.items() if k.endswith(suffix)}
+
+
 class EPCase:
     """EP training of a config (as `make train` runs it): ``compile()`` once, then ``run(r)``
     trains on chunk ``r`` (consecutive batches, carrying parameters and state over) and returns its
@@ -110,7 +118,7 @@ class EPCase:
     def run(self, r):
         seconds, (params, opt_state, state, metrics) = timed(self.chunk, *self.arguments(r))
         self.carry = (params, opt_state, state)
-        self.steps.append({k: float(jnp.mean(v)) for k, v in metrics.items() if k.endswith("_steps")})
+        self.steps.append(batch_steps(metrics))
         return seconds
 
 

@@ -153,7 +153,7 @@ def epoch_times(model, cost, x, y, chunk_batches: int, rounds: int) -> dict:
             if r:
                 seconds[name].append(elapsed * EPOCH_BATCHES / chunk_batches)
                 for p in PHASES:
-                    steps[name][p].append(float(jnp.mean(metrics[f"{p}_steps"])))
+                    steps[name][p].append(float(jnp.mean(metrics[f"{p}_batch_steps"])))
     ratios = [a / b for a, b in zip(seconds["anderson"], seconds["block_coordinate"])]
     return {"seconds_per_epoch": {n: statistics.median(s) for n, s in seconds.items()},
             "anderson_over_block_coordinate": statistics.median(ratios),

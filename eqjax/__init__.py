@@ -2,7 +2,7 @@
 
 from eqjax import analog, costs, data, estimators, loop, models, phases, solvers, sweep, synthetic
 from eqjax._checks import check_inputs, check_params
-from eqjax.api import evaluate, gradients, relax
+from eqjax.api import error_rate, evaluate, gradients, relax
 from eqjax.equilibrium import RESULTS, Equilibrium
 from eqjax.relaxation import relax_batch
 from eqjax.train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
@@ -18,6 +18,7 @@ __all__ = [
     "check_params",
     "costs",
     "data",
+    "error_rate",
     "estimators",
     "evaluate",
     "gradients",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 
 from eqjax._checks import check_call, check_throw, guard_equilibria, guard_inputs, statuses
 from eqjax.costs import as_cost
@@ -122,3 +123,59 @@ def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=Fal
     check_throw(throw)
     check_call(model, params, x, y, state0, solver)
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)
+
+
+def _padded_batches(a: jax.Array, batch_size: int) -> jax.Array:
+    """``a`` ``(N, ...)`` zero-padded to whole batches: ``(ceil(N / batch_size), batch_size, ...)``."""
+    batches = -(-a.shape[0] // batch_size)
+    pad = batches * batch_size - a.shape[0]
+    return jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((batches, batch_size) + a.shape[1:])
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "throw"))
+def _error_rate(model, cost, solver, params, x, y, key, batch_size, throw):
+    n = x.shape[0]
+    xs, ys = _padded_batches(x, batch_size), _padded_batches(y, batch_size)
+    real = _padded_batches(jnp.ones((n,), bool), batch_size)
+    offsets = jnp.arange(xs.shape[0]) * batch_size  # each batch's key: key folded with its first index
+
+    def count(totals, batch):
+        xi, yi, mask, offset = batch
+        batch_key = None if key is None else jax.random.fold_in(key, offset)
+        aux = _evaluate(model, cost, solver, params, xi, yi, None, batch_key, throw)
+        wrong = jnp.sum(jnp.where(mask, 1 - aux["accuracy"], 0))
+        converged = jnp.sum(jnp.where(mask, aux["free"]["converged"], 0))
+        return (totals[0] + wrong, totals[1] + converged), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (wrong, converged), _ = jax.lax.scan(count, (zero, zero), (xs, ys, real, offsets))
+    return {"error": wrong / n, "converged": converged / n}
+
+
+def error_rate(model, cost, solver, params, x, y, key=None, *, batch_size: int = 1000, throw=False) -> dict:
+    """The free phase's classification error on a data set, relaxed ``batch_size`` examples at a
+    time inside one ``jax.lax.scan`` (the last batch zero-padded; padding does not count).
+
+    Args:
+      model: the energy model, like ``cost``, ``solver`` and ``params`` as in :func:`relax`
+        (give the solver the evaluation's budget, e.g. ``solver.replace(max_steps=...)``).
+      x: ``(N, *model.input_shape)`` inputs, on device.
+      y: ``(N,)`` integer labels.
+      key: PRNG key for stochastic solvers (``Langevin``), folded with each batch's first index.
+      batch_size: examples relaxed together (static); a batch moves together, so its stopping
+        step, and hence the predictions, depend on it slightly.
+      throw: as in :func:`relax`.
+    Returns:
+      ``{"error": scalar, "converged": scalar}``: the fraction misclassified and the fraction whose
+      free phase reached the tolerance. Examples flagged invalid (non-finite input, label out of
+      range) or whose relaxation went non-finite count as misclassified. Jittable (the solver's
+      numeric fields are traced), and vmappable over sweep members.
+    """
+    cost = as_cost(cost)
+    check_throw(throw)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_call(model, params, x, y, None, solver)
+    if x.shape[0] == 0:
+        raise ValueError("error_rate needs at least one example")
+    return _error_rate(model, cost, solver, params, x, y, key, batch_size, throw)

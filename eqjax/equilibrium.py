@@ -10,7 +10,8 @@ from flax import struct
 class RESULTS:
     """Per-example outcome codes of a relaxation (``int8``), in the manner of optimistix's ``RESULTS``.
 
-    - ``CONVERGED`` (0): the last tested update was smaller than ``tol``;
+    - ``CONVERGED`` (0): the solver's residual at the last test (by default the last tested
+      update, see :meth:`eqjax.solvers.Solver.residual`) was smaller than ``tol``;
     - ``MAX_STEPS`` (1): ``max_steps`` updates ran without reaching ``tol`` (with ``tol = 0``, a
       fixed-step run, every example ends here);
     - ``NONFINITE`` (2): the example's state or update became NaN or infinite (an input or parameter
@@ -39,10 +40,17 @@ class Equilibrium:
 
     Attributes:
       state: the state reached (the model's state pytree, batched).
-      num_steps: ``(B,)`` int32, updates applied to each example (its last finite one for
-        ``NONFINITE`` examples).
-      residual: ``(B,)`` the last tested update's size ``max|s_k - s_{k-1}|`` per example; for a
-        contractive update ``T`` it bounds the returned state's own ``max|T(s) - s|``. NaN or inf
+      num_steps: ``(B,)`` int32, the steps each example needed: the step count of the test from
+        which on it passed every stopping test (``CONVERGED``); the steps the batch ran
+        (``max_steps``) for an example whose last test failed (``MAX_STEPS``); the count of the
+        test whose state it is frozen at for ``NONFINITE`` ones (0 for examples flagged before
+        relaxing). The batch moves together, so an example that converged early keeps being
+        updated until the batch stops: ``state`` is that of the steps the batch ran, which is
+        ``num_steps.max()`` unless the last example still running went non-finite at the last test
+        (see :func:`eqjax.loop.iterate`).
+      residual: ``(B,)`` the solver's residual at the last test (:meth:`eqjax.solvers.Solver.residual`;
+        by default the last tested update's size ``max|s_k - s_{k-1}|`` per example; for a
+        contractive update ``T`` it bounds the returned state's own ``max|T(s) - s|``). NaN or inf
         for ``NONFINITE`` examples.
       status: ``(B,)`` int8 codes of :class:`RESULTS`.
     """
@@ -69,7 +77,7 @@ class Equilibrium:
 
 
 def status_from(residual: jax.Array, frozen: jax.Array, tol) -> jax.Array:
-    """``RESULTS`` codes from the last tested update sizes ``(B,)`` and the frozen mask ``(B,)``."""
+    """``RESULTS`` codes from the residuals of the last test ``(B,)`` and the frozen mask ``(B,)``."""
     code = jnp.where(residual < tol, RESULTS.CONVERGED, RESULTS.MAX_STEPS)
     return jnp.where(frozen, RESULTS.NONFINITE, code).astype(jnp.int8)
 

@@ -2,8 +2,9 @@
 
 Every solver subclasses :class:`Solver`, a frozen pytree dataclass: its tolerances and step sizes
 are traced leaves (changing them never recompiles, ``jax.vmap`` over them works); ``max_steps``
-and ``check_every`` are static. A solver says how to take one step; :func:`eqjax.loop.iterate`
-owns the loop (stopping test, status, NaN-safety) for all of them.
+and ``check_every`` are static. A solver says how to take one step and, if it likes, what its
+stopping test measures (:meth:`Solver.residual`); :func:`eqjax.loop.iterate` owns the loop (step
+counting, when to test, status, NaN-safety) for all of them.
 
 ``F`` is the total energy of a batch as a function of the batched state alone (parameters, input,
 label and phase bound); see :func:`eqjax.relaxation.relax_batch`.
@@ -22,7 +23,7 @@ from flax import struct
 
 from eqjax._checks import shown
 from eqjax.equilibrium import Equilibrium
-from eqjax.loop import iterate
+from eqjax.loop import iterate, per_example_max_abs_difference
 
 
 def _is_unbounded(lo, hi) -> bool:
@@ -62,12 +63,14 @@ class Solver(struct.PyTreeNode, abc.ABC):
     Subclasses are frozen pytree dataclasses (fields are traced leaves unless declared with
     ``struct.field(pytree_node=False)``) and must define the fields
 
-    - ``tol`` (traced): stop when every example's last tested update ``max|s_k - s_{k-1}|`` is below it;
+    - ``tol`` (traced): stop when every example's :meth:`residual` at the last test is below it (by
+      default the last tested update ``max|s_k - s_{k-1}|``);
     - ``max_steps`` (static int >= 0) and ``check_every`` (static int >= 1, how often the tolerance
       is tested; see :func:`eqjax.loop.iterate`);
 
     and the method :meth:`step`. :meth:`init` creates the solver's own state (momentum, history, a
-    PRNG key, a temperature...), ``None`` by default. :meth:`solve` is written once, here.
+    PRNG key, a temperature...), ``None`` by default; :meth:`residual` is the stopping test's
+    measure, the size of the last update by default. :meth:`solve` is written once, here.
 
     The step must treat the examples of the batch independently (as the built-in solvers do): the
     loop freezes an example that goes non-finite and relies on it not affecting the others.
@@ -106,6 +109,36 @@ class Solver(struct.PyTreeNode, abc.ABC):
     def step(self, F: Callable, state, solver_state, bounds) -> tuple:
         """One update: ``(state, solver_state) -> (next_state, next_solver_state)``. ``state`` is a
         batched pytree; the result must stay inside ``bounds`` (see :func:`project`)."""
+
+    def residual(self, F: Callable, previous, following, solver_state, bounds) -> jax.Array:
+        """What the stopping test measures, per example: ``(B,)`` real; the loop stops when it is
+        below ``tol`` for every finite example.
+
+        The loop calls it after every ``check_every``-th step and after the last one, with the
+        batched states before (``previous``) and after (``following``) that step, the solver state
+        after it and the bounds (those :meth:`step` got). The default is the size of the step,
+        ``max|following - previous|`` per example over all leaves and units: a small step means
+        equilibrium only as far as the step is a fair measure of the distance to it (a small step
+        size makes small steps far from it). Override it to stop on another criterion, e.g. a
+        distance to equilibrium such as the projected gradient's norm, or a criterion of your
+        own step's internals carried in ``solver_state``.
+
+        It must treat examples independently and be NaN or infinite for an example whose
+        ``following`` state is not finite: the loop freezes an example whose residual is not
+        finite. The loop keeps everything else: the step counting, when to test (``check_every``),
+        the freezing of non-finite examples, the status (``residual < tol``) and the per-example
+        step counts; the residual it reports in :class:`~eqjax.equilibrium.Equilibrium` is this one.
+
+        Args:
+          F: the batch's total energy as a function of the batched state.
+          previous: the batched state before the step (every leaf ``(B, ...)``).
+          following: the batched state after it, the one the loop keeps.
+          solver_state: the solver's own state after the step.
+          bounds: per state leaf ``(lo, hi)``.
+        Returns:
+          ``(B,)`` real, one value per example.
+        """
+        return per_example_max_abs_difference(following, previous)
 
     def solve(self, F: Callable, state0, bounds, key=None) -> Equilibrium:
         """Relax from ``state0`` with :func:`eqjax.loop.iterate`."""
@@ -374,10 +407,12 @@ class Anderson(Solver):
     step with ``max|G(x_k) - x_k| < tol``, the test :class:`BlockCoordinate` passes.
 
     One step is one base step (e.g. one sweep) plus one gradient of ``F`` and ``O(m n)`` per example.
-    ``base`` is a pytree field (its traced leaves stay traced); its ``tol``, ``max_steps`` and
-    ``check_every`` are ignored (Anderson's own count the steps). ``history`` is static (>= 1);
-    ``mixing`` (in (0, 1]), ``regularization`` (>= 0) and ``tol`` are traced. Real states only (the
-    safeguard compares real energies; relax complex states with :class:`GradientDescent`).
+    ``base`` is a pytree field (its traced leaves stay traced); its ``tol``, ``max_steps``,
+    ``check_every`` and ``residual`` are ignored (Anderson's own count the steps; its residual is the
+    default, the last step's size, which the safeguard's stopping rule above is written for).
+    ``history`` is static (>= 1); ``mixing`` (in (0, 1]), ``regularization`` (>= 0) and ``tol`` are
+    traced. Real states only (the safeguard compares real energies; relax complex states with
+    :class:`GradientDescent`).
     """
 
     base: Solver = BlockCoordinate()

@@ -19,15 +19,21 @@ from eqjax._checks import all_finite, check_model, raise_if_concrete, statuses
 from eqjax.api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax.equilibrium import RESULTS
-from eqjax.estimators import EP
+from eqjax.estimators import RandomSign
+from eqjax.estimators.base import add_extras, extra_values
 
 
 def summarize(aux: dict) -> dict:
     """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
     non-finite or the example was flagged), accuracy, the fraction of examples used by the
     gradient, the fractions flagged ``invalid_input`` and ``invalid_label`` (see
-    :class:`~eqjax.equilibrium.RESULTS`) and, per phase, mean steps, the fractions that converged
-    and that went non-finite, and the largest finite residual."""
+    :class:`~eqjax.equilibrium.RESULTS`) and, per phase, the mean of the examples' step counts
+    (``<phase>_steps``: when each passed its stopping test), the steps the batch ran
+    (``<phase>_batch_steps``), the fractions that converged and that went non-finite, and the
+    largest finite residual; plus the estimator's own
+    ``aux["extras"]`` under their names (scalars as they are, per-example ``(B,)`` arrays as their
+    batch mean; see :class:`~eqjax.estimators.Estimator`)."""
+    extras = extra_values(aux)  # checked first: an extra named "status" would pass for a phase
     metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
     if "used" in aux:
         metrics["used"] = jnp.mean(aux["used"].astype(jnp.float32))
@@ -39,10 +45,12 @@ def summarize(aux: dict) -> dict:
     for phase, status in phases.items():
         info, nonfinite = aux[phase], status == RESULTS.NONFINITE
         finite = (status == RESULTS.CONVERGED) | (status == RESULTS.MAX_STEPS)
-        metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))
+        metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))  # steps examples needed
+        metrics[f"{phase}_batch_steps"] = jnp.max(info["num_steps"]).astype(jnp.float32)  # steps the batch ran
         metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
         metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
         metrics[f"{phase}_residual"] = jnp.max(jnp.where(finite, info["residual"], 0))
+    metrics = add_extras(metrics, extras, taken=("skipped",))  # apply_update adds "skipped"
     return metrics
 
 
@@ -180,9 +188,10 @@ def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, r
     - otherwise unused (free phases start from the model's start state).
 
     The carried state stays finite: a non-finite example's free state is its last finite tested
-    value (see :func:`eqjax.loop.iterate`). With
-    ``random_sign`` each batch's :class:`~eqjax.estimators.EP` ``beta`` gets a random sign drawn
-    from its key (Scellier & Bengio 2017). Metrics are stacked per batch. Pure; jit it.
+    value (see :func:`eqjax.loop.iterate`). ``random_sign`` wraps the
+    :class:`~eqjax.estimators.EP` estimator in :class:`~eqjax.estimators.RandomSign`: each batch's
+    ``beta`` gets a random sign drawn from the batch's key (Scellier & Bengio 2017). Metrics are
+    stacked per batch. Pure; jit it.
 
     ``step`` is the per-batch update, :func:`train_step` ``(model, cost, optimizer, throw=throw)``
     by default; :func:`eqjax.parallel.train_step` shards every batch over devices.
@@ -192,19 +201,13 @@ def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, r
     step = train_step(model, cost, optimizer, throw=throw) if step is None else step
 
     def chunk(params, opt_state, state, solver, estimator, xs, ys, index, keys):
-        if random_sign and not isinstance(estimator, EP):
-            raise TypeError(f"random_sign flips EP's beta; got the estimator {type(estimator).__name__}")
+        estimator = RandomSign(estimator) if random_sign else estimator  # TypeError unless EP
 
         def body(carry, batch):
             params, opt_state, state = carry
             x, y, idx, key = batch
-            batch_estimator = estimator
-            if random_sign:
-                sign_key, key = jax.random.split(key)
-                sign = jnp.where(jax.random.bernoulli(sign_key), 1.0, -1.0)
-                batch_estimator = estimator.replace(beta=sign * estimator.beta)
             state0 = jax.tree.map(lambda s: s[idx], state) if persistent else (state if warm_start else None)
-            params, opt_state, metrics, free = step(params, opt_state, solver, batch_estimator, x, y, state0, key)
+            params, opt_state, metrics, free = step(params, opt_state, solver, estimator, x, y, state0, key)
             if persistent:
                 state = jax.tree.map(lambda s, f: s.at[idx].set(f), state, free)
             elif warm_start:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import configs, runfiles, train
+from experiments import common, configs, runfiles
 
 
 def parse_args(argv=None):
@@ -68,25 +68,23 @@ def main(argv=None):
     args = parse_args(argv)
     if args.epochs < 1:
         raise SystemExit("--epochs must be at least 1")
-    options = argparse.Namespace(model=args.model, dataset=args.dataset, seed=args.seed, train_limit=args.train_limit,
-                                 test_limit=args.test_limit, validation=0, patience=None, chunk=None,
-                                 epochs=args.epochs, set=args.set)
-    config = train.new_config(options)
+    config = common.run_config(args.model, args.set, args.epochs, dataset=args.dataset, seed=args.seed,
+                               train_limit=args.train_limit, test_limit=args.test_limit, validation=0)
     if config.get("family") != "conv":
         raise SystemExit(f"--model {args.model} is not a conv config; the baseline is the feedforward CNN")
-    data = train.load_data(config, args.data_dir)
+    data = common.load_data(config, args.data_dir)
     config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
     model, cost, _, _, optimizer = configs.build(config)
     params = model.init(jax.random.key(config["seed"]), jnp.float32)
     opt_state, epoch_fn = optimizer.init(params), epoch_function(model, cost, optimizer)
     predict = jax.jit(lambda p, xb: jnp.argmax(model.feedforward(p, xb), axis=-1))  # compiled once
-    augment, augment_key = train.augmentation(config), jax.random.key(config["seed"] + 1)
+    augment, augment_key = common.augmentation(config), jax.random.key(config["seed"] + 1)
     batch, batches, records = config["batch_size"], config["batches_per_epoch"], []
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     path = args.runs_dir / f"backprop-{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for epoch in range(args.epochs):
         start = time.time()
-        order = np.random.default_rng([config["seed"], epoch]).permutation(len(data["x"]))[: batches * batch]
+        order = common.epoch_order(config["seed"], epoch, len(data["x"]), batches * batch)
         xs, ys = data["x"][order].reshape(batches, batch, -1), data["y"][order].reshape(batches, batch)
         if augment is not None:
             xs = augment(xs, jax.random.fold_in(augment_key, epoch))

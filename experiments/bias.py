@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import eqjax  # noqa: E402
 from eqjax.estimators import EP, Contrastive, Coupled, HolomorphicEP  # noqa: E402
 from eqjax.verify import bias_curve, compare  # noqa: E402
+from experiments.common import gradient_check_problem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = {
@@ -35,20 +36,12 @@ RULES = {
 }
 
 
-def problem(batch: int):
-    """A trained-looking problem: a 64-32-10 smooth Hopfield net at initialisation, digits, labels."""
-    model = eqjax.models.hopfield((64, 32, 10), energy="smooth", gain=1.0)
-    params = model.init(jax.random.key(0), jnp.float64)
-    x, y = eqjax.synthetic.digits(jax.random.key(1), batch)
-    return model, params, x.astype(jnp.float64), y
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "figures" / "bias-vs-beta.png")
     args = parser.parse_args(argv)
-    model, params, x, y = problem(args.batch)
+    model, params, x, y = gradient_check_problem(args.batch)
     cost = eqjax.costs.squared_error()
     solver = eqjax.solvers.GradientDescent(step_size=0.5, tol=1e-13, max_steps=20_000)
     betas = np.geomspace(0.5, 0.02, 6)

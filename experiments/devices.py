@@ -23,65 +23,37 @@ import optax
 from tqdm import tqdm
 
 import eqjax
-from experiments import configs, runfiles
+from experiments import common, configs, runfiles
 from experiments.splits import load_split
 from eqjax.analog import devices  # noqa: E402
 
 G_MAX = 1.0  # siemens: range of the simulated devices (trained DRN-XS conductances reach about 0.6 S)
 
 
-def train_and_test(config, device, data, epochs, seed):
+def train_and_test(config, device, data, epochs, seed) -> float:
+    """Test error of the config's model trained through ``device`` (an optax transformation of the
+    conductances' updates) for ``epochs`` epochs, as make train trains it: its state options (warm
+    start), its data order and its evaluation budget."""
     x, y, x_test, y_test = data
     model, cost, solver, estimator, _ = configs.build(config)
     schedule = optax.exponential_decay(config["learning_rate"], config["batches_per_epoch"], config["decay"], staircase=True)
     # the device writes conductances; bias currents (programmable current sources) take the update as is
     optimizer = optax.chain(optax.sgd(schedule), optax.masked(device, eqjax.models.conductance_mask))
     params = model.init(jax.random.key(seed))
-    opt_state = optimizer.init(params)
-    epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, optimizer)))
+    opt_state, state = optimizer.init(params), configs.initial_state(config, model, len(x))
+    chunk = configs.chunk_function(config, model, cost, optimizer)
     batch = config["batch_size"]
-    n = (len(x) // batch) * batch
+    batches = len(x) // batch
     for e in range(epochs):
-        order = jax.random.permutation(jax.random.key(seed * 1000 + e), n)
-        params, opt_state, _ = epoch(params, opt_state, solver, estimator, x[order].reshape(-1, batch, x.shape[1]),
-                                     y[order].reshape(-1, batch))
-    aux = eqjax.evaluate(model, cost, solver, params, x_test, y_test)
-    return float(jnp.mean(aux["accuracy"]))
+        order = jnp.asarray(common.epoch_order(seed, e, len(x), batches * batch).reshape(batches, batch))
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), e), batches)
+        params, opt_state, state, _ = chunk(params, opt_state, state, solver, estimator, x[order], y[order], order, keys)
+    result = eqjax.error_rate(model, cost, common.eval_solver(config, solver), params, x_test, y_test)
+    return float(result["error"])
 
 
-def main(argv=None):
-    """Run the sweep; returns the run directory."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    parser.add_argument("--train-limit", type=int, default=60_000)
-    parser.add_argument("--test-limit", type=int, default=10_000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--levels", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
-    parser.add_argument("--noise-levels", type=int, default=256, help="levels of the write-noise runs")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    args = parser.parse_args(argv)
-
-    data = (*load_split(args.dataset, "train", args.train_limit), *load_split(args.dataset, "test", args.test_limit))
-    config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
-    settings = ([("ideal", None, 0.0)] + [("nearest", L, 0.0) for L in args.levels]
-                + [("stochastic", L, 0.0) for L in args.levels]
-                + [("noise", args.noise_levels, s) for s in args.noise])
-    results = []
-    for kind, levels, noise in tqdm(settings, desc="device settings"):
-        device = (devices.conductance_bounds(0.0) if kind == "ideal" else
-                  devices.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
-                                    write_std=noise, stochastic_pulses=kind != "nearest", seed=args.seed))
-        start = time.time()
-        accuracy = train_and_test(config, device, data, args.epochs, args.seed)
-        results.append({"kind": kind, "levels": levels, "write_std": noise, "test_error": 1 - accuracy,
-                        "seconds": time.time() - start})
-        print(json.dumps(results[-1]), flush=True)
-
-    run_dir = runfiles.fresh_directory(args.runs_dir, f"devices-{time.strftime('%Y%m%d-%H%M%S')}")
-    record = {"args": {k: str(v) for k, v in vars(args).items()}, "g_max": G_MAX, "results": results}
-    runfiles.atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
+def plot(run_dir: Path, results: list, args) -> None:
+    """``devices.png``: test error against conductance levels (left) and write noise (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,6 +81,42 @@ def main(argv=None):
     fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
     fig.tight_layout()
     runfiles.save_figure(fig, run_dir / "devices.png")
+
+
+def main(argv=None):
+    """Run the sweep; returns the run directory."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    parser.add_argument("--train-limit", type=int, default=60_000)
+    parser.add_argument("--test-limit", type=int, default=10_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[16, 64, 256, 1024, 4096])
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3, 1.0, 3.0])
+    parser.add_argument("--noise-levels", type=int, default=256, help="levels of the write-noise runs")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    args = parser.parse_args(argv)
+
+    data = (*load_split(args.dataset, "train", args.train_limit), *load_split(args.dataset, "test", args.test_limit))
+    config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
+    settings = ([("ideal", None, 0.0)] + [("nearest", L, 0.0) for L in args.levels]
+                + [("stochastic", L, 0.0) for L in args.levels]
+                + [("noise", args.noise_levels, s) for s in args.noise])
+    results = []
+    for kind, levels, noise in tqdm(settings, desc="device settings"):
+        device = (devices.conductance_bounds(0.0) if kind == "ideal" else
+                  devices.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
+                                    write_std=noise, stochastic_pulses=kind != "nearest", seed=args.seed))
+        start = time.time()
+        error = train_and_test(config, device, data, args.epochs, args.seed)
+        results.append({"kind": kind, "levels": levels, "write_std": noise, "test_error": error,
+                        "seconds": time.time() - start})
+        print(json.dumps(results[-1]), flush=True)
+
+    run_dir = runfiles.fresh_directory(args.runs_dir, f"devices-{time.strftime('%Y%m%d-%H%M%S')}")
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "g_max": G_MAX, "results": results}
+    runfiles.atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
+    plot(run_dir, results, args)
     print(f"wrote {run_dir}/results.json and devices.png")
     return run_dir
 

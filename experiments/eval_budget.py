@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import serialization
 
-from experiments import configs, runfiles, train
+import eqjax
+from experiments import common, configs, runfiles
 
 
 def main(argv=None):
@@ -35,7 +36,7 @@ def main(argv=None):
     config = json.loads((args.run / "config.json").read_text())
     config["batches_per_epoch"] = 1  # only the optimizer's schedule reads it; unused here
     model, cost, solver, _, _ = configs.build(config)
-    data = train.load_data(dict(config, test_limit=args.test_limit), args.data_dir)
+    data = common.load_data(dict(config, test_limit=args.test_limit), args.data_dir)
     stored = runfiles.read_checkpoint(args.run / "checkpoint.msgpack")  # checksum verified
     params = serialization.from_state_dict(model.init(jax.random.key(0), jnp.float32), stored["params"])
     x, y = data["x_test"], data["y_test"]
@@ -45,8 +46,8 @@ def main(argv=None):
         print(f"feedforward pass of the same weights: test error {100 * error:.2f}%")
     for steps in args.steps:
         key = jax.random.key(config["seed"])
-        error, converged = train.evaluate_error(model, cost, solver.replace(max_steps=steps), params, x, y, key,
-                                                batch=500)
+        result = eqjax.error_rate(model, cost, solver.replace(max_steps=steps), params, x, y, key, batch_size=500)
+        error, converged = float(result["error"]), float(result["converged"])
         rows.append({"sweeps": steps, "test_error": error, "converged": converged})
         print(f"{steps} sweeps: test error {100 * error:.2f}%, {100 * converged:.1f}% relaxed to the tolerance",
               flush=True)

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import eqjax  # noqa: E402
 from eqjax.estimators import EP, HolomorphicEP, ImplicitDiff  # noqa: E402
 from eqjax.verify import compare_gradients  # noqa: E402
-from experiments.bias import problem  # noqa: E402
+from experiments.common import gradient_check_problem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURES = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4)
@@ -46,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "figures" / "noise-robustness.png")
     args = parser.parse_args(argv)
-    model, params, x, y = problem(32)
+    model, params, x, y = gradient_check_problem(32)
     cost = eqjax.costs.squared_error()
     exact_solver = eqjax.solvers.GradientDescent(step_size=0.5, tol=1e-13, max_steps=20_000)
     exact, _ = eqjax.gradients(model, cost, exact_solver, ImplicitDiff(), params, x, y)

@@ -12,7 +12,7 @@ algorithms trained with the same net, data, optimiser and epochs, several seeds 
 
 Every rule trains the config ``--model`` (default DHN-1H: 784-1024-10, bilinear, block-coordinate
 relaxation, SGD 0.05 with 0.99 decay, batch 16) with its ``beta`` for EP and ``--eta`` for coupled
-learning; the seeds of a rule are one vmapped sweep (``experiments.sweep``), so the data order is
+learning; the seeds of a rule are one vmapped sweep (``experiments.sweeping``), so the data order is
 the same for all. The last ``--validation`` training examples are held out (reported, not used to
 select anything). Writes ``<runs-dir>/rules-<model>-<dataset>/`` with one sweep directory per rule
 family (resumable: rerunning the command continues unfinished sweeps), ``table.md`` (test error
@@ -26,14 +26,14 @@ import csv
 import statistics
 from pathlib import Path
 
-from experiments import configs, runfiles, sweep
+from experiments import configs, runfiles, sweeping
 
-# rule family: (--set entries, --grid entries, how a result row names its rule)
+# rule family: (overrides, grid axes besides the seed, how a result row names its rule)
+VARIANTS = ["positive", "negative", "centered"]
 FAMILIES = {
-    "ep": ([], ['variant="positive","negative","centered"'], lambda row: f"{row['variant'][0].upper()}-EP"),
-    "contrastive": (['estimator="contrastive"'], [], lambda row: "CL"),
-    "coupled": (['estimator="coupled"'], ['variant="positive","negative","centered"'],
-                lambda row: f"{row['variant'][0].upper()}-CpL"),
+    "ep": ({}, {"variant": VARIANTS}, lambda row: f"{row['variant'][0].upper()}-EP"),
+    "contrastive": ({"estimator": "contrastive"}, {}, lambda row: "CL"),
+    "coupled": ({"estimator": "coupled"}, {"variant": VARIANTS}, lambda row: f"{row['variant'][0].upper()}-CpL"),
 }
 ORDER = ("P-EP", "N-EP", "C-EP", "CL", "P-CpL", "N-CpL", "C-CpL")
 
@@ -53,31 +53,25 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def sweep_argv(args, family: str) -> list[str]:
-    """The ``experiments.sweep`` arguments that train one rule family for every seed."""
-    sets, grids = FAMILIES[family][:2]
-    argv = ["--model", args.model, "--dataset", args.dataset, "--epochs", str(args.epochs),
-            "--validation", str(args.validation), "--grid", "seed=" + ",".join(map(str, range(args.seeds)))]
-    for item in sets + ([f"eta={args.eta}"] if family == "coupled" else []):
-        argv += ["--set", item]
-    for item in grids:
-        argv += ["--grid", item]
-    for flag, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit),
-                        ("--data-dir", args.data_dir)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
+def family_plan(args, family: str) -> sweeping.SweepPlan:
+    """The sweep that trains one rule family for every seed."""
+    overrides, grid = FAMILIES[family][:2]
+    overrides = dict(overrides, **({"eta": args.eta} if family == "coupled" else {}))
+    return sweeping.SweepPlan(model=args.model, grid={"seed": list(range(args.seeds)), **grid}, overrides=overrides,
+                              dataset=args.dataset, epochs=args.epochs, validation=args.validation,
+                              train_limit=args.train_limit, test_limit=args.test_limit)
 
 
 def run_family(args, family: str, root: Path) -> Path:
     """Train (or resume) one family's sweep under ``root / family``; returns its results.csv."""
-    runs = root / family
+    runs, plan = root / family, family_plan(args, family)
+    sweeping.check(plan)
     existing = sorted(runs.glob("sweep-*/sweep.json"))
-    if existing:
-        sweep.main(["--resume", str(existing[-1].parent)])
-    else:
-        sweep.main(sweep_argv(args, family) + ["--runs-dir", str(runs)])
-    return sorted(runs.glob("sweep-*/results.csv"))[-1]
+    run_dir = existing[-1].parent if existing else sweeping.new_directory(plan, runs)
+    if existing and sweeping.read_plan(run_dir) != plan:
+        raise SystemExit(f"{run_dir} holds a sweep with other settings; give another --runs-dir")
+    sweeping.execute(plan, run_dir, args.data_dir)
+    return run_dir / "results.csv"
 
 
 def summarize(rows_by_rule: dict) -> list[dict]:

@@ -33,8 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 import eqjax
-from experiments import configs, runfiles
-from experiments.splits import load_split
+from experiments import common, configs, runfiles
 
 
 # Options that define a run: set when it starts, never changed by --resume.
@@ -102,28 +101,10 @@ def new_config(args) -> dict:
     """The named config with ``--set`` overrides and the run options, validated."""
     options = {name: default if getattr(args, name) is None else getattr(args, name)
                for name, default in RUN_OPTIONS.items()}
-    config = dict(configs.CONFIGS[options["model"]])
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        if key not in config and key not in configs.OPTIONAL:
-            raise SystemExit(f"--set {item}: {options['model']} has no entry {key!r} "
-                             f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
-        try:
-            config[key] = json.loads(value)
-        except json.JSONDecodeError:
-            raise SystemExit(f"--set {item}: the value must be JSON (e.g. 0.1, true, [0.1, 0.05], "
-                             "'\"centered\"')") from None
     if options["patience"] is not None and not options["validation"]:
         raise SystemExit("--patience needs --validation N > 0")
-    config = dict(config, **options, epochs=args.epochs or 5, jax_version=jax.__version__,
-                  backend=jax.default_backend())
-    try:
-        configs.validate(config)
-    except ValueError as error:
-        raise SystemExit(f"--set: {error}") from None
-    return config
+    model = options.pop("model")
+    return common.run_config(model, args.set, args.epochs or 5, **options)
 
 
 def resumed_config(args) -> dict:
@@ -156,58 +137,6 @@ def new_run_dir(runs_dir: Path, config: dict, overrides: list) -> Path:
     if overrides:
         name += "-" + hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:6]
     return runfiles.fresh_directory(runs_dir, name)
-
-
-def load_data(config: dict, data_dir) -> dict:
-    """Training, validation and test splits; ``SystemExit`` when they cannot make a batch."""
-    x, y = load_split(config["dataset"], "train", config["train_limit"], data_dir)
-    try:
-        (x, y), (x_val, y_val) = eqjax.data.holdout(x, y, config.get("validation", 0))
-    except ValueError:
-        raise SystemExit(f"--validation {config.get('validation')} leaves no training example of {len(x)}") from None
-    if len(x) < config["batch_size"]:
-        raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
-                         f"{config['batch_size']}")
-    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
-    if config.get("standardise", False):
-        mean, std = pixel_statistics(x, config.get("image_shape", [1])[-1])
-        x, x_val, x_test = ((part - mean) / std for part in (x, x_val, x_test))
-    return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
-
-
-def pixel_statistics(x: jax.Array, channels: int) -> tuple[jax.Array, jax.Array]:
-    """Mean and standard deviation of the training pixels ``x`` ``(N, H * W * C)`` per channel
-    (flat images are row-major ``(H, W, C)``: the channel is the fastest axis), tiled to ``x``'s
-    feature axis so that ``(x - mean) / std`` standardises every channel. The ``standardise``
-    config entry applies them to every split."""
-    rows = x.reshape(-1, channels)
-    repeat = x.shape[1] // channels
-    return jnp.tile(rows.mean(axis=0), repeat), jnp.tile(rows.std(axis=0), repeat)
-
-
-def augmentation(config: dict):
-    """``augment(xs, key)`` for a chunk of batches ``xs`` ``(chunks, batch, features)``: a random
-    crop after ``crop_padding`` pixels of zero padding and a random horizontal flip (``flip``) per
-    image (:class:`eqjax.images.Pipeline`; the padding is applied to the inputs as stored, i.e.
-    after ``standardise``). ``None`` when the config asks for neither."""
-    if not config.get("crop_padding", 0) and not config.get("flip", False):
-        return None
-    pipeline = eqjax.images.Pipeline(image_shape=tuple(config["image_shape"]), padding=config.get("crop_padding", 0),
-                                     flip=config.get("flip", False))
-    return jax.jit(lambda xs, key: pipeline(xs.reshape(-1, xs.shape[-1]), key).reshape(xs.shape))
-
-
-def evaluate_error(model, cost, solver, params, x, y, key, batch=2000):
-    """``(error, converged)``: the fraction misclassified and the fraction whose free phase
-    reached the tolerance within the evaluation's steps. ``key`` (folded with the batch's start)
-    drives stochastic solvers such as :class:`eqjax.solvers.Langevin`."""
-    wrong = converged = 0
-    for i in range(0, len(x), batch):
-        aux = eqjax.evaluate(model, cost, solver, params, x[i : i + batch], y[i : i + batch],
-                             key=jax.random.fold_in(key, i))
-        wrong += int(jnp.sum(1.0 - aux["accuracy"]))
-        converged += int(jnp.sum(aux["free"]["converged"]))
-    return wrong / len(x), converged / len(x)
 
 
 def plot_curve(run_dir: Path, records):
@@ -286,10 +215,10 @@ class Training:
             raise SystemExit(f"the data do not fit the model: {error}") from None
         self.run_dir = self.checkpoint = self.metrics_path = None  # use_directory sets them
         self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer, devices)
-        self.eval_solver = self.solver.replace(max_steps=config.get("eval_steps", self.solver.max_steps))
+        self.eval_solver = common.eval_solver(config, self.solver)
         self.base_key = jax.random.key(config["seed"] + 1)
         self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
-        self.augment = augmentation(config)
+        self.augment = common.augmentation(config)
         self.chunks_done, self.last_save = 0, time.monotonic()
 
     def use_directory(self, run_dir: Path):
@@ -369,21 +298,25 @@ class Training:
                         steps=f"{summary['free_steps']:.1f}", conv=f"{summary['free_converged']:.2f}")
         return carry, position, stopping
 
+    def error(self, params, x, y, key) -> tuple[float, float]:
+        """``(error, converged)`` of the free phase on ``(x, y)`` with the evaluation's solver
+        (:func:`eqjax.error_rate`, 2000 examples at a time)."""
+        result = eqjax.error_rate(self.model, self.cost, self.eval_solver, params, x, y, key, batch_size=2000)
+        return float(result["error"]), float(result["converged"])
+
     def end_epoch(self, carry, epoch, seconds, log) -> bool:
         """Evaluate, log, checkpoint and plot after an epoch; whether to stop early."""
         params = carry[0]
         key = jax.random.fold_in(self.eval_key, epoch)
-        error, converged = evaluate_error(self.model, self.cost, self.eval_solver, params, self.data["x_test"],
-                                          self.data["y_test"], jax.random.fold_in(key, 0))
+        error, converged = self.error(params, self.data["x_test"], self.data["y_test"], jax.random.fold_in(key, 0))
         chunks = [r for r in read_records(self.metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
         train_error = float(np.mean([r["train_error"] for r in chunks]))
         record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
                   "test_converged": converged, "epoch_seconds": seconds}
         validation = ""
         if self.config.get("validation"):
-            record["validation_error"], record["validation_converged"] = evaluate_error(
-                self.model, self.cost, self.eval_solver, params, self.data["x_val"], self.data["y_val"],
-                jax.random.fold_in(key, 1))
+            record["validation_error"], record["validation_converged"] = self.error(
+                params, self.data["x_val"], self.data["y_val"], jax.random.fold_in(key, 1))
             validation = f", validation error {100 * record['validation_error']:.2f}%"
         log.write(runfiles.strict_json(record) + "\n")
         log.flush()
@@ -413,8 +346,8 @@ class Training:
         batches = len(self.data["x"]) // batch
         with open(self.metrics_path, "a") as log:
             for epoch in range(position["epoch"], config["epochs"]):
-                order = np.random.default_rng([config["seed"], epoch]).permutation(len(self.data["x"]))
-                order = jnp.asarray(order[: batches * batch].reshape(batches, batch))
+                order = common.epoch_order(config["seed"], epoch, len(self.data["x"]), batches * batch)
+                order = jnp.asarray(order.reshape(batches, batch))
                 start = time.time()
                 bar = tqdm(total=batches, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
                            unit="batch", dynamic_ncols=True)
@@ -461,7 +394,7 @@ def main(argv=None):
     check_options(args)
     config = resumed_config(args) if args.resume else new_config(args)
     devices = training_devices(args.devices, config["batch_size"])
-    data = load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
+    data = common.load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
     config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
     training = Training(args, config, data, devices)
     training.preflight()

@@ -113,3 +113,22 @@ def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
     (tmp_path / "sweep.json").write_text('{"argv": ["--model", "tiny", "--grid", "beta=0.1,0.2"], "axes": {}}')
     with pytest.raises(SystemExit, match="--epochs cannot change"):
         sweep.main(["--resume", str(tmp_path), "--epochs", "7"])  # used to be ignored silently
+
+
+def test_the_rules_study_runs_each_family_as_a_sweep_plan_and_resumes(tmp_path, capsys):
+    from experiments import rules, sweeping
+
+    args = ["--model", "tiny", "--epochs", "1", "--seeds", "2", "--train-limit", "480", "--test-limit", "100",
+            "--validation", "160", "--runs-dir", str(tmp_path)]
+    rules.main(args)
+    root = tmp_path / "rules-tiny-mnist"
+    table = (root / "table.md").read_text()
+    for rule in rules.ORDER:  # seven rules, two seeds each
+        assert f"| {rule} | 2 |" in table, table
+    coupled = next((root / "coupled").glob("sweep-*"))
+    assert sweeping.read_plan(coupled).overrides == {"estimator": "coupled", "eta": 0.2}
+    before = {path: path.read_text() for path in root.glob("*/sweep-*/results.csv")}
+    rules.main(args)  # everything finished: nothing is trained again, the tables are the same
+    assert {path: path.read_text() for path in root.glob("*/sweep-*/results.csv")} == before
+    with pytest.raises(SystemExit, match="holds a sweep with other settings"):
+        rules.main(args[:3] + ["2"] + args[4:])  # another number of epochs into the same directories

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eqjax import data
-from experiments import configs, train
+from experiments import common, configs, train
 
 from conftest import write_cifar
 
@@ -59,13 +59,13 @@ def test_augmentation_entries_are_checked():
         configs.validate(dict(configs.CONFIGS["tiny"], flip=True))
     with pytest.raises(ValueError, match="crop_padding must be an int >= 0"):
         configs.validate(dict(configs.CONFIGS["conv-fmnist"], crop_padding=-1))
-    assert train.augmentation(configs.CONFIGS["conv-fmnist"]) is None  # neither asked for
+    assert common.augmentation(configs.CONFIGS["conv-fmnist"]) is None  # neither asked for
 
 
 def test_flip_augmentation_flips_some_images_and_keeps_the_others():
     config = dict(configs.CONFIGS["conv-fmnist"], flip=True)
     xs = jax.random.uniform(jax.random.key(0), (3, 16, 784))  # 3 batches of 16 flat 28x28 images
-    out = train.augmentation(config)(xs, jax.random.key(1))
+    out = common.augmentation(config)(xs, jax.random.key(1))
     images, flipped = xs.reshape(48, 28, 28), out.reshape(48, 28, 28)
     same = jnp.all(flipped == images, axis=(1, 2))
     mirrored = jnp.all(flipped == images[:, :, ::-1], axis=(1, 2))
@@ -77,7 +77,7 @@ def test_pixel_statistics_standardise_each_channel():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(50, 4, 4, 3)) * np.array([1.0, 2.0, 4.0]) + np.array([0.0, 1.0, 5.0])
     x = jnp.asarray(images.reshape(50, -1), jnp.float32)
-    mean, std = train.pixel_statistics(x, 3)
+    mean, std = common.pixel_statistics(x, 3)
     standard = ((x - mean) / std).reshape(-1, 3)
     np.testing.assert_allclose(standard.mean(axis=0), 0.0, atol=1e-5)  # float32 sums of 800 values
     np.testing.assert_allclose(standard.std(axis=0), 1.0, rtol=1e-5)

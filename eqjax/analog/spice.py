@@ -38,20 +38,9 @@ def _amplifier(lines: list, node: str, gain: float) -> str:
     return out
 
 
-def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax resistive network") -> str:
-    """A SPICE netlist of one example's circuit, with a ``.control`` block that prints the DC
-    operating point to 15 digits.
-
-    Args:
-      model: a :class:`~eqjax.models.Resistive` network with ``diode="shockley"`` or ``"none"``
-        (ideal diodes have no SPICE element).
-      params: its concrete parameters (checked with :func:`check_circuit`).
-      x: one input, shape ``(n_in,)``.
-      y: optional label to nudge towards with the squared-error cost
-        ``1/2 ||V_out - onehot(y)||^2``.
-      beta: the nudging strength: a resistor of conductance ``beta`` from each output node to a
-        source at its target voltage, which injects the current ``-beta dC/dV``.
-    """
+def _check_export(model, params, y, beta) -> None:
+    """The checks of :func:`to_spice`: a resistive network SPICE can simulate, a physical nudge
+    (``beta >= 0``) and one label in range."""
     if not isinstance(model, Resistive):
         raise TypeError(f"to_spice exports resistive networks (eqjax.models.resistive), got {type(model).__name__}")
     if model.diode == "ideal":
@@ -66,6 +55,23 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
         raise ValueError(f"y must be a label in [0, {model.num_outputs - 1}], got {y}")
     check_params(model, params)
     check_circuit(model, params)
+
+
+def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax resistive network") -> str:
+    """A SPICE netlist of one example's circuit, with a ``.control`` block that prints the DC
+    operating point to 15 digits.
+
+    Args:
+      model: a :class:`~eqjax.models.Resistive` network with ``diode="shockley"`` or ``"none"``
+        (ideal diodes have no SPICE element).
+      params: its concrete parameters (checked with :func:`check_circuit`).
+      x: one input, shape ``(n_in,)``.
+      y: optional label to nudge towards with the squared-error cost
+        ``1/2 ||V_out - onehot(y)||^2``.
+      beta: the nudging strength: a resistor of conductance ``beta`` from each output node to a
+        source at its target voltage, which injects the current ``-beta dC/dV``.
+    """
+    _check_export(model, params, y, beta)
     x = np.asarray(x, np.float64)
     if x.shape != (model.num_inputs,) or not np.all(np.isfinite(x)):
         raise ValueError(f"x must be a finite array of shape ({model.num_inputs},), got {x.shape}")
@@ -81,6 +87,20 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
             sources = [_amplifier(lines, node, model.amplifier_gain) for node in names[l]]
         for i, j in zip(*np.nonzero(np.asarray(g))):
             lines.append(f"R{l + 1}_{i}_{j} {sources[i]} {names[l + 1][j]} {_fmt(1.0 / g[i, j])}")
+    _bias_elements(lines, params, names)
+    if model.diode == "shockley":
+        _diode_elements(lines, model, names)
+    if y is not None and beta > 0:
+        for j in range(model.num_outputs):
+            lines.append(f"Vt{j} t{j} 0 DC {_fmt(1.0 if j == int(y) else 0.0)}")
+            lines.append(f"Rnudge{j} {names[-1][j]} t{j} {_fmt(1.0 / beta)}")
+    lines += [".options reltol=1e-12 vntol=1e-14 abstol=1e-18 gmin=1e-18 itl1=1000",
+              ".control", "set numdgt=15", "op", "print all", ".endc", ".end", ""]
+    return "\n".join(lines)
+
+
+def _bias_elements(lines: list, params, names) -> None:
+    """Append the bias current sources and the bias resistors to the rails."""
     for l, currents in enumerate(params.get("bias_currents", ())):
         for j, current in enumerate(np.asarray(currents)):  # from ground into the node
             lines.append(f"Ib{l + 1}_{j} 0 {names[l + 1][j]} DC {_fmt(current)}")
@@ -90,23 +110,19 @@ def to_spice(model, params, x, y=None, beta: float = 0.0, title: str = "eqjax re
                 lines.append(f"Rbp{l + 1}_{j} {names[l + 1][j]} vbp {_fmt(1.0 / a)}")
             if b > 0:
                 lines.append(f"Rbn{l + 1}_{j} {names[l + 1][j]} vbn {_fmt(1.0 / b)}")
-    if model.diode == "shockley":
-        for layer in range(len(model.sizes) - 1):
-            for j, sign in enumerate(model.diode_signs(layer)):
-                node = names[layer + 1][j]
-                if sign > 0:  # holds the node at or above 0 V: anode at ground
-                    lines.append(f"D{layer + 1}_{j} 0 {node} {DIODE_MODEL}")
-                elif sign < 0:
-                    lines.append(f"D{layer + 1}_{j} {node} 0 {DIODE_MODEL}")
-        lines.append(f".model {DIODE_MODEL} D(IS={_fmt(model.saturation_current)} "
-                     f"N={_fmt(model.emission_coefficient)})")
-    if y is not None and beta > 0:
-        for j in range(model.num_outputs):
-            lines.append(f"Vt{j} t{j} 0 DC {_fmt(1.0 if j == int(y) else 0.0)}")
-            lines.append(f"Rnudge{j} {names[-1][j]} t{j} {_fmt(1.0 / beta)}")
-    lines += [".options reltol=1e-12 vntol=1e-14 abstol=1e-18 gmin=1e-18 itl1=1000",
-              ".control", "set numdgt=15", "op", "print all", ".endc", ".end", ""]
-    return "\n".join(lines)
+
+
+def _diode_elements(lines: list, model, names) -> None:
+    """Append one Shockley diode per boxed unit (its sign says which bound) and the diode model."""
+    for layer in range(len(model.sizes) - 1):
+        for j, sign in enumerate(model.diode_signs(layer)):
+            node = names[layer + 1][j]
+            if sign > 0:  # holds the node at or above 0 V: anode at ground
+                lines.append(f"D{layer + 1}_{j} 0 {node} {DIODE_MODEL}")
+            elif sign < 0:
+                lines.append(f"D{layer + 1}_{j} {node} 0 {DIODE_MODEL}")
+    lines.append(f".model {DIODE_MODEL} D(IS={_fmt(model.saturation_current)} "
+                 f"N={_fmt(model.emission_coefficient)})")
 
 
 def run_ngspice(netlist: str, timeout: float = 60.0) -> str:

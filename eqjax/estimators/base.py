@@ -12,7 +12,9 @@ Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
   ``accuracy`` (0/1; 0 for non-finite examples), ``prediction`` at the free equilibrium,
   ``free_state`` (for warm starts and persistent particles), ``used`` (the example entered the
   gradient) and, per phase, :meth:`Equilibrium.summary` (``num_steps``, ``residual``, ``status``,
-  ``converged``).
+  ``converged``);
+- optionally ``aux["extras"]``, the estimator's own values for the training metrics (see
+  :class:`Estimator`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,19 @@ from eqjax.relaxation import relax_batch
 
 
 class Estimator(struct.PyTreeNode, abc.ABC):
-    """The interface of a gradient estimator (a frozen pytree dataclass; numeric fields traced)."""
+    """The interface of a gradient estimator (a frozen pytree dataclass; numeric fields traced).
+
+    ``estimate`` returns ``(grads, aux)`` (see :mod:`eqjax.estimators.base`). An estimator's own
+    values reach the training metrics through ``aux["extras"]``, a dict ``{name: value}`` with each
+    value a real scalar ``()`` or a per-example array ``(B,)``: :func:`eqjax.summarize` (hence
+    ``train_step``, ``train_epoch`` and ``train_chunk``) reports it as ``metrics[name]``, a scalar
+    as it is and a per-example array as its batch mean (the estimator decides what a non-finite
+    example contributes, e.g. ``jnp.where(aux["used"], value, jnp.nan)``). Other ``aux`` entries
+    stay out of the metrics. A name that is a built-in metric (``loss``, ``accuracy``, ``used``,
+    ``skipped``, ``free_steps``...) or ``"status"``, a value of another shape or a complex value is
+    refused with an error when the step is traced. Under :mod:`eqjax.parallel` ``aux`` comes back
+    sharded over the batch, so extras there must be per-example.
+    """
 
     @abc.abstractmethod
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None) -> tuple:
@@ -57,6 +71,37 @@ def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
         "free_state": free.state,
         "free": free.summary(),
     }
+
+
+def extra_values(aux: dict) -> dict:
+    """``{name: scalar}`` from ``aux["extras"]`` (none without it): scalars as they are, per-example
+    ``(B,)`` arrays as their batch mean, ``B = aux["loss"].shape[0]``. Checked at trace time: a
+    dict of real scalars or ``(B,)`` arrays under string names, none of them ``"status"`` (an entry
+    with a ``status`` passes for a phase summary)."""
+    extras = aux.get("extras", {})
+    if not isinstance(extras, dict):
+        raise TypeError(f'aux["extras"] must be a dict {{name: scalar or (B,) array}}, got {type(extras).__name__}')
+    batch = jnp.shape(aux["loss"])[0]
+    values = {}
+    for name, value in extras.items():
+        value = jnp.asarray(value)
+        if not isinstance(name, str) or name == "status":
+            raise ValueError(f'aux["extras"] names must be strings other than "status", got {name!r}')
+        if value.shape not in ((), (batch,)) or jnp.iscomplexobj(value):
+            raise TypeError(f'aux["extras"][{name!r}] must be a real scalar or a ({batch},) array (one value per '
+                            f"example), got {value.dtype} of shape {value.shape}")
+        values[name] = jnp.mean(value) if value.ndim else value
+    return values
+
+
+def add_extras(metrics: dict, extras: dict, taken: tuple = ()) -> dict:
+    """``metrics`` with the :func:`extra_values` ``extras`` added; ``ValueError`` at trace time when
+    an extra's name is already a metric or in ``taken`` (names set later, such as ``skipped``)."""
+    clashes = sorted(set(extras) & (set(metrics) | set(taken)))
+    if clashes:
+        raise ValueError(f'aux["extras"] names {clashes} clash with built-in training metrics; rename them '
+                         f"(built-in: {sorted(set(metrics) | set(taken))})")
+    return {**metrics, **extras}
 
 
 def contrast_gradient(model, params, high, low, x, scale, used) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -38,7 +39,7 @@ class EP(Estimator):
 
     ``s_beta`` minimises ``E + beta C`` (a :class:`~eqjax.phases.Nudge`). ``beta`` is real,
     nonzero and traced (vmap over it works; changing it never recompiles) and may be negative (a
-    random sign per batch, as Scellier & Bengio 2017 do, is ``EP(beta=sign * 0.5)``). ``variant``
+    random sign per batch, as Scellier & Bengio 2017 do, is :class:`RandomSign`). ``variant``
     and ``warm_start`` (nudged phases start from the free equilibrium, else from the model's start
     state) are static. ``nudged_solver`` relaxes the nudged phases (default: the free phase's
     solver), e.g. 4 gradient steps after 20 free ones as in Scellier & Bengio 2017. For a complex
@@ -82,3 +83,41 @@ class EP(Estimator):
         grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x, scale,
                                   aux["used"])
         return grads, aux
+
+
+class RandomSign(Estimator):
+    """:class:`EP` whose ``beta`` gets a random sign at each call (Scellier & Bengio 2017: the
+    sign of the nudge drawn per batch, so that the O(beta) biases of the one-sided variants cancel
+    on average).
+
+    ``estimate(..., key)`` splits ``key`` into ``(sign_key, rest)``, draws the sign from
+    ``sign_key`` (+1 or -1, each with probability 1/2) and runs ``inner`` with ``sign * beta`` and
+    the key ``rest`` (for stochastic solvers); ``aux`` is ``inner``'s. A key is required (the
+    training loops take one per batch, e.g. ``train_epoch``'s ``keys``); ``train_chunk(...,
+    random_sign=True)`` wraps its estimator in this. Under :mod:`eqjax.parallel` each shard gets
+    its own key (folded with its index), hence its own sign. ``errors()`` are ``inner``'s.
+    """
+
+    inner: EP
+
+    def __post_init__(self):
+        if not isinstance(self.inner, EP):
+            raise TypeError(f"RandomSign flips the beta of an eqjax.estimators.EP; got {type(self.inner).__name__}")
+
+    def errors(self) -> dict:
+        """``inner``'s conditions (the sign does not change them)."""
+        return self.inner.errors()
+
+    def signed(self, key) -> tuple:
+        """``(inner with beta * sign, the key left for inner)``, the sign drawn from ``key``."""
+        sign_key, key = jax.random.split(key)
+        sign = jnp.where(jax.random.bernoulli(sign_key), 1.0, -1.0)
+        return self.inner.replace(beta=sign * self.inner.beta), key
+
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+        """``inner.estimate`` with the sign of ``beta`` drawn from ``key``; see the class."""
+        if key is None:
+            raise ValueError("RandomSign draws the sign of beta from the estimator's key; pass a PRNG key "
+                             "(train_epoch's keys, train_chunk's keys, gradients(..., key=...))")
+        estimator, key = self.signed(key)
+        return estimator.estimate(model, cost, solver, params, x, y, state0, key)

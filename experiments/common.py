@@ -1,0 +1,124 @@
+"""What the programs of ``experiments/`` share, written once: a run's config from a named config
+and ``--set`` overrides, its data splits and augmentation, the epochs' data order, the
+evaluation's solver, and the gradient-check problem of the bias and noise studies.
+
+The programs (``train``, ``sweep``, ``rules``, ``backprop``, ``eval_budget``, ``devices``,
+``bias``, ``noise``) import this module, ``configs``, ``runfiles`` and ``splits``; never each other.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import eqjax
+from experiments import configs
+from experiments.splits import load_split
+
+JSON_HINT = "e.g. 0.1, true, [0.1, 0.05], \"centered\" or the bare word centered"
+
+
+def parse_value(text: str, what: str):
+    """A ``--set``/``--grid`` value: JSON, or a bare word that starts with a letter (``centered``,
+    ``langevin``) taken as a string. ``SystemExit`` naming ``what`` otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if text[:1].isalpha() and text.replace("-", "").replace("_", "").isalnum():
+            return text
+        raise SystemExit(f"{what}: the value must be JSON ({JSON_HINT}), got {text!r}") from None
+
+
+def apply_overrides(config: dict, items, model: str) -> dict:
+    """``config`` with every ``KEY=VALUE`` of ``items`` (``--set``) applied; ``SystemExit`` for a
+    malformed item or a key that is neither in the named config nor optional."""
+    config = dict(config)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        if key not in config and key not in configs.OPTIONAL:
+            raise SystemExit(f"--set {item}: {model} has no entry {key!r} "
+                             f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
+        config[key] = parse_value(value, f"--set {item}")
+    return config
+
+
+def run_config(model: str, overrides, epochs: int, **options) -> dict:
+    """The named config ``model`` with ``--set`` ``overrides``, the run ``options`` (``dataset``,
+    ``seed``, limits...) and ``epochs``, validated (``SystemExit`` naming the problem)."""
+    if model not in configs.CONFIGS:
+        raise SystemExit(f"--model must be one of {sorted(configs.CONFIGS)}, got {model!r}")
+    config = apply_overrides(configs.CONFIGS[model], overrides, model)
+    config = dict(config, model=model, **options, epochs=epochs, jax_version=jax.__version__,
+                  backend=jax.default_backend())
+    try:
+        configs.validate(config)
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}") from None
+    return config
+
+
+def eval_solver(config: dict, solver):
+    """The solver of test and validation evaluations: ``solver`` with the config's ``eval_steps``
+    budget (the training budget when the config has none)."""
+    return solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, count: int) -> np.ndarray:
+    """The training examples of one epoch, in order: the first ``count`` of a permutation of
+    ``range(num_examples)`` drawn from NumPy's generator seeded ``[seed, epoch]`` (the same on
+    every machine and every resume)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)[:count]
+
+
+def load_data(config: dict, data_dir) -> dict:
+    """Training, validation and test splits (``x``, ``y``, ``x_val``, ``y_val``, ``x_test``,
+    ``y_test``), standardised per channel by the training images' statistics when the config says
+    ``standardise``; ``SystemExit`` when they cannot make a batch."""
+    x, y = load_split(config["dataset"], "train", config["train_limit"], data_dir)
+    try:
+        (x, y), (x_val, y_val) = eqjax.data.holdout(x, y, config.get("validation", 0))
+    except ValueError:
+        raise SystemExit(f"--validation {config.get('validation')} leaves no training example of {len(x)}") from None
+    if len(x) < config["batch_size"]:
+        raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
+                         f"{config['batch_size']}")
+    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
+    if config.get("standardise", False):
+        mean, std = pixel_statistics(x, config.get("image_shape", [1])[-1])
+        x, x_val, x_test = ((part - mean) / std for part in (x, x_val, x_test))
+    return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
+
+
+def pixel_statistics(x, channels: int) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and standard deviation of flat images ``x`` ``(N, H * W * C)``
+    (:func:`eqjax.images.channel_stats`; flat images are row-major ``(H, W, C)``, the channel is
+    the fastest axis), tiled to the feature axis so that ``(x - mean) / std`` standardises every
+    channel."""
+    stats = eqjax.images.channel_stats(np.asarray(x).reshape(len(x), -1, 1, channels))
+    return tuple(jnp.tile(jnp.asarray(s, x.dtype), x.shape[1] // channels) for s in stats)
+
+
+def augmentation(config: dict):
+    """``augment(xs, key)`` for a chunk of batches ``xs`` ``(chunks, batch, features)``: a random
+    crop after ``crop_padding`` pixels of zero padding and a random horizontal flip (``flip``) per
+    image (:class:`eqjax.images.Pipeline`; the padding is applied to the inputs as stored, i.e.
+    after ``standardise``). ``None`` when the config asks for neither."""
+    if not config.get("crop_padding", 0) and not config.get("flip", False):
+        return None
+    pipeline = eqjax.images.Pipeline(image_shape=tuple(config["image_shape"]), padding=config.get("crop_padding", 0),
+                                     flip=config.get("flip", False))
+    return jax.jit(lambda xs, key: pipeline(xs.reshape(-1, xs.shape[-1]), key).reshape(xs.shape))
+
+
+def gradient_check_problem(batch: int):
+    """``(model, params, x, y)``: a 64-32-10 smooth Hopfield net at initialisation, float64, on
+    ``batch`` synthetic digits (the problem of the bias and noise studies)."""
+    model = eqjax.models.hopfield((64, 32, 10), energy="smooth", gain=1.0)
+    params = model.init(jax.random.key(0), jnp.float64)
+    x, y = eqjax.synthetic.digits(jax.random.key(1), batch)
+    return model, params, x.astype(jnp.float64), y
