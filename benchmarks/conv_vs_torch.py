@@ -48,9 +48,8 @@ import numpy as np
 import optax
 
 import eqjax
-from eqjax.models.conv_ops import _dot, conv, feedback_kernel, input_gradient, pool, unpool, weight_gradient
+from eqjax.models.conv_ops import per_example_dot, conv, feedback_kernel, input_gradient, pool, unpool, weight_gradient
 from eqjax.phases import Free
-from eqjax.relaxation import total_energy
 from eqjax.solvers import FixedPoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +177,7 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     x = data(net, 1)[0][0]
     state = tuple(jax.random.uniform(jax.random.key(3), (net["batch"], *s)) for s in model.layer_shapes)
     cost, solver = eqjax.costs.squared_error(), FixedPoint(tol=0.0, max_steps=1)
-    plain = lambda k, lower, upper: _dot(upper, pool(conv(lower, params["weights"][k], padding), "max", 2))
+    plain = lambda k, lower, upper: per_example_dot(upper, pool(conv(lower, params["weights"][k], padding), "max", 2))
 
     def relaxation(energy):
         def run(params, x, state):
@@ -188,9 +187,9 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
 
         return run
 
-    eqjax_energy = lambda prepared: total_energy(model, cost, Free(), prepared, x, None)
+    eqjax_energy = lambda prepared: eqjax.total_energy(model, cost, Free(), prepared, x, None)
     plain_energy = lambda prepared: lambda s: jnp.sum(model.internal_energies(prepared["params"], s, plain)
-                                                      - _dot(s[0], prepared["drive"]))
+                                                      - per_example_dot(s[0], prepared["drive"]))
     pairs = conv_pairs(net)
     lowers = tuple(jax.random.uniform(jax.random.key(4), shape) for shape, _ in pairs)
     kernels = params["weights"][1: model.num_conv]

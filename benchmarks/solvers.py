@@ -40,7 +40,6 @@ from experiments.splits import load_split  # noqa: E402
 import eqjax  # noqa: E402
 from eqjax.loop import per_example_max_abs_difference  # noqa: E402
 from eqjax.phases import Free, Nudge  # noqa: E402
-from eqjax.relaxation import relax_batch, total_energy  # noqa: E402
 from eqjax.solvers import Anderson, BlockCoordinate  # noqa: E402
 
 EPOCH_BATCHES = 3750  # 60,000 / 16
@@ -73,14 +72,14 @@ def relaxation_figures(model, cost, params, x, y, solvers: dict, batches: int, f
     @jax.jit
     def phases(solver, params, xb, yb, start):
         prepared = model.prepare(params, xb)
-        free = relax_batch(model, cost, solver, params, xb, None, Free(), start, None, prepared)
+        free = eqjax.relax_batch(model, cost, solver, params, xb, None, Free(), start, None, prepared)
         return {"free": free,
-                "positive": relax_batch(model, cost, solver, params, xb, yb, Nudge(0.2), free.state, None, prepared),
-                "negative": relax_batch(model, cost, solver, params, xb, yb, Nudge(-0.2), free.state, None, prepared)}
+                "positive": eqjax.relax_batch(model, cost, solver, params, xb, yb, Nudge(0.2), free.state, None, prepared),
+                "negative": eqjax.relax_batch(model, cost, solver, params, xb, yb, Nudge(-0.2), free.state, None, prepared)}
 
     @jax.jit
     def true_residual(params, xb, yb, state, beta):
-        F = total_energy(model, cost, Nudge(beta), model.prepare(params, xb), xb, yb)
+        F = eqjax.total_energy(model, cost, Nudge(beta), model.prepare(params, xb), xb, yb)
         swept, _ = BlockCoordinate().step(F, state, None, model.bounds)
         return jnp.max(per_example_max_abs_difference(swept, state))
 
@@ -116,7 +115,7 @@ def step_costs(model, cost, params, x, rounds: int, steps: int = 15) -> dict:
     fixed = dict(tol=0.0, max_steps=steps, check_every=steps)
     solvers = {"block_coordinate": BlockCoordinate(**fixed), "anderson": Anderson(**fixed)}
     xb = x[:16]
-    run = {name: jax.jit(lambda p, xb, s=s: relax_batch(model, cost, s, p, xb).state).lower(params, xb).compile()
+    run = {name: jax.jit(lambda p, xb, s=s: eqjax.relax_batch(model, cost, s, p, xb).state).lower(params, xb).compile()
            for name, s in solvers.items()}
     micros = {name: [] for name in run}
     for _ in range(rounds):

@@ -2,11 +2,11 @@
 
 from eqjax import analog, costs, data, estimators, loop, models, phases, solvers, sweep, synthetic
 from eqjax._checks import check_inputs, check_params
-from eqjax.api import error_rate, evaluate, gradients, relax
-from eqjax.equilibrium import RESULTS, Equilibrium
-from eqjax.relaxation import relax_batch
-from eqjax.train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
-from eqjax import images, parallel, verify  # noqa: E402 (after api: they build on gradients and relax)
+from eqjax._api import error_rate, evaluate, gradients, relax
+from eqjax._equilibrium import RESULTS, Equilibrium
+from eqjax._relaxation import relax_batch, total_energy
+from eqjax._train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
+from eqjax import images, parallel, testing, verify  # noqa: E402 (after api: they build on gradients and relax)
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,8 @@ __all__ = [
     "set_hyperparams",
     "solvers",
     "synthetic",
+    "testing",
+    "total_energy",
     "summarize",
     "sweep",
     "train_chunk",

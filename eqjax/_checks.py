@@ -230,7 +230,7 @@ def guard_equilibria(tree, equilibria: dict, throw=True):
     """``tree`` carrying an error for any example that went non-finite in one of the named
     relaxations (``{phase name: status array}``), and with ``throw="max_steps"`` also for any that
     stopped at ``max_steps`` before the tolerance; for ``throw=True`` / ``"max_steps"``."""
-    from eqjax.equilibrium import RESULTS
+    from eqjax._equilibrium import RESULTS
 
     conditions = {f"the relaxation of the {name} phase went NaN or infinite for some examples (a diverging "
                   "step size, or non-finite inputs or parameters)": status == RESULTS.NONFINITE

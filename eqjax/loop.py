@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from eqjax.equilibrium import Equilibrium, status_from
+from eqjax._equilibrium import Equilibrium, status_from
 
 
 def max_abs_difference(a, b) -> jax.Array:
@@ -165,7 +165,7 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
       bounds: per state leaf ``(lo, hi)``, broadcastable against the leaf.
       key: a PRNG key handed to ``solver.init`` (``None`` for deterministic solvers).
     Returns:
-      an :class:`~eqjax.equilibrium.Equilibrium`; the state keeps ``state0``'s dtypes.
+      an :class:`~eqjax._equilibrium.Equilibrium`; the state keeps ``state0``'s dtypes.
     """
     tol, max_steps = solver.tol, solver.max_steps
     solver_state = solver.init(F, state0, bounds, key)

@@ -26,9 +26,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eqjax._checks import check_model
-from eqjax.api import checked_estimate
+from eqjax._api import checked_estimate
 from eqjax.costs import as_cost
-from eqjax.train import apply_update
+from eqjax._train import apply_update
 
 BATCH = "batch"  # the mesh axis the examples are sharded over
 

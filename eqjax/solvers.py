@@ -7,7 +7,7 @@ stopping test measures (:meth:`Solver.residual`); :func:`eqjax.loop.iterate` own
 counting, when to test, status, NaN-safety) for all of them.
 
 ``F`` is the total energy of a batch as a function of the batched state alone (parameters, input,
-label and phase bound); see :func:`eqjax.relaxation.relax_batch`.
+label and phase bound); see :func:`eqjax._relaxation.relax_batch`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from flax import struct
 
 from eqjax._checks import shown
-from eqjax.equilibrium import Equilibrium
+from eqjax._equilibrium import Equilibrium
 from eqjax.loop import iterate, per_example_max_abs_difference
 
 
@@ -127,7 +127,7 @@ class Solver(struct.PyTreeNode, abc.ABC):
         ``following`` state is not finite: the loop freezes an example whose residual is not
         finite. The loop keeps everything else: the step counting, when to test (``check_every``),
         the freezing of non-finite examples, the status (``residual < tol``) and the per-example
-        step counts; the residual it reports in :class:`~eqjax.equilibrium.Equilibrium` is this one.
+        step counts; the residual it reports in :class:`~eqjax._equilibrium.Equilibrium` is this one.
 
         Args:
           F: the batch's total energy as a function of the batched state.

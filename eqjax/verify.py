@@ -27,11 +27,11 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from eqjax._checks import check_inputs
-from eqjax.api import gradients, relax
+from eqjax._api import gradients, relax
 from eqjax.costs import as_cost
 from eqjax.estimators import ImplicitDiff, contrast_gradient
 from eqjax.phases import Free, Nudge
-from eqjax.relaxation import total_energy
+from eqjax._relaxation import total_energy
 from eqjax.solvers import GradientDescent
 
 

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 
 import eqjax
-from eqjax.models.hopfield import ENERGIES
 
 # Each config is plain JSON-able data; `build` turns it into eqjax values. OPTIONAL entries may be
 # absent (a default applies) and can still be set with `--set`.
@@ -144,7 +143,7 @@ RULES = {
     "solver": (lambda v: v in SOLVERS, f"one of {SOLVERS}"),
     "estimator": (lambda v: v in ESTIMATORS, f"one of {ESTIMATORS}"),
     "variant": (lambda v: v in eqjax.estimators.EP_CONTRASTS, f"one of {tuple(eqjax.estimators.EP_CONTRASTS)}"),
-    "energy": (lambda v: v in ENERGIES, f"one of {ENERGIES}"),
+    "energy": (lambda v: v in eqjax.models.ENERGIES, f"one of {eqjax.models.ENERGIES}"),
     "optimizer": (lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
     "tol": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "step_size": (lambda v: _number(v) and v > 0, "a number > 0"),

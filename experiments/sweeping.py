@@ -148,7 +148,7 @@ def member_function(config: dict, traced_keys: tuple, num_train: int):
 
         (params, _, _), records = jax.lax.scan(epoch, (params, optimizer.init(params), state), (orders, keys))
         records["test_error"] = error(params, x_test, y_test, jax.random.key(seed + 1))
-        records["params_finite"] = eqjax._checks.all_finite(params)
+        records["params_finite"] = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         return records
 
     return fn

@@ -9,7 +9,7 @@ import pytest
 
 import eqjax
 from eqjax.estimators import EP, ImplicitDiff
-from eqjax.models.conv import pool
+from eqjax.models.conv_ops import pool
 from conftest import finite_difference_gradient, relative_error
 
 IMAGE = (8, 8, 2)  # tiny images: every check runs in seconds
@@ -115,7 +115,7 @@ def test_projection_readout_feeds_nothing_back_at_the_free_equilibrium():
     other = dict(params, weights=params["weights"][:-1] + (3.0 * params["weights"][-1],),
                  biases=params["biases"][:-1] + (params["biases"][-1] - 1.0,))
     state = eq.state[:-1] + (hidden @ other["weights"][-1] + other["biases"][-1],)
-    F = eqjax.relaxation.total_energy(model, cost, eqjax.phases.Free(), model.prepare(other, x), x, None)
+    F = eqjax.total_energy(model, cost, eqjax.phases.Free(), model.prepare(other, x), x, None)
     assert projected_gradient(F, eq.state, model.bounds) > 1e-3  # the old output is off for the new readout
     assert projected_gradient(F, state, model.bounds) < 1e-10  # the hidden layers did not need to move
 
@@ -131,7 +131,7 @@ def test_block_coordinate_with_max_pooling_never_raises_the_energy_and_reaches_a
     """With max pooling a half-sweep is the concave-convex step (s_k . maxpool(W * s_{k-1}) is convex
     in s_{k-1} for s_k >= 0): the energy never increases, and the sweeps stop at a KKT point."""
     model, cost, params, x, _ = problem("max-hopfield", gain=3.0)  # strong coupling: many sweeps
-    F = eqjax.relaxation.total_energy(model, cost, eqjax.phases.Free(), model.prepare(params, x), x, None)
+    F = eqjax.total_energy(model, cost, eqjax.phases.Free(), model.prepare(params, x), x, None)
     step = jax.jit(lambda s: eqjax.solvers.BlockCoordinate().step(F, s, None, model.bounds)[0])
     state, energies = jax.vmap(model.init_state)(x), []
     for _ in range(300):
@@ -147,7 +147,7 @@ def test_block_coordinate_with_average_pooling_is_an_exact_block_minimum():
     """Average pooling keeps the energy quadratic in each layer with no intra-layer coupling: after
     one half-sweep over the even layers, they satisfy their own KKT conditions exactly."""
     model, cost, params, x, _ = problem("avg-linear")
-    F = eqjax.relaxation.total_energy(model, cost, eqjax.phases.Free(), model.prepare(params, x), x, None)
+    F = eqjax.total_energy(model, cost, eqjax.phases.Free(), model.prepare(params, x), x, None)
     state = random_states(model, x)
     even = (1,)  # layer 2 (layers are numbered from the input, layer 0)
     after = eqjax.solvers._layer_step(F, state, even, model.bounds, newton=True)
@@ -216,7 +216,7 @@ def test_parameter_gradient_convolution_equals_jax_transpose(kernel, padding, co
     # conv_for_parameter_gradients computes the kernel cotangent as its own convolution (fast in
     # loops on a CPU); values and the input cotangent must equal JAX's rule, for real and complex
     # inputs (holomorphic EP relaxes complex states; the kernel stays real)
-    from eqjax.models.conv import conv, conv_for_parameter_gradients
+    from eqjax.models.conv_ops import conv, conv_for_parameter_gradients
 
     keys = jax.random.split(jax.random.key(0), 4)
     a = jax.random.normal(keys[0], (3, 9, 8, 2), jnp.float64)

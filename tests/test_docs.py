@@ -12,7 +12,7 @@ import eqjax
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ["analog", "analog.devices", "costs", "data", "estimators", "images", "loop", "models", "parallel",
-           "phases", "solvers", "sweep", "synthetic", "verify"]
+           "phases", "solvers", "sweep", "synthetic", "testing", "verify"]
 
 
 def public_names(module):

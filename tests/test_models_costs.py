@@ -118,7 +118,7 @@ def test_phases_add_their_terms_to_the_batch_energy():
                    for i, n in enumerate(model.sizes[1:]))
     energies = jax.vmap(model.energy, in_axes=(None, 0, 0))(params, states, x)
     costs = jax.vmap(lambda s, label: cost(model.output(s), label))(states, y)
-    F = lambda phase: eqjax.relaxation.total_energy(model, cost, phase, model.prepare(params, x), x, y)(states)
+    F = lambda phase: eqjax.total_energy(model, cost, phase, model.prepare(params, x), x, y)(states)
     # the prepared (input field, transposed weights) batch energy is the sum of the examples' energies
     assert float(F(eqjax.phases.Free())) == pytest.approx(float(energies.sum()), rel=1e-12)
     assert float(F(eqjax.phases.Nudge(0.3))) == pytest.approx(float(energies.sum() + 0.3 * costs.sum()), rel=1e-12)

@@ -11,7 +11,6 @@ import eqjax
 from eqjax import RESULTS
 from eqjax.loop import per_example_max_abs_difference, unroll
 from eqjax.phases import Free
-from eqjax.relaxation import total_energy
 from eqjax.solvers import BlockCoordinate, GradientDescent, project
 
 MODEL = eqjax.models.hopfield((64, 32, 10), gain=0.5)  # bilinear energy, every free unit in [0, 1]
@@ -23,7 +22,7 @@ def problem(batch):
     params = MODEL.init(jax.random.key(0), dtype=jnp.float64)
     x = eqjax.synthetic.digits(jax.random.key(1), batch)[0].astype(jnp.float64)
     assert x.dtype == jnp.float64  # the bounds below are checked at float64 round-off
-    return params, x, total_energy(MODEL, COST, Free(), MODEL.prepare(params, x), x, None)
+    return params, x, eqjax.total_energy(MODEL, COST, Free(), MODEL.prepare(params, x), x, None)
 
 
 def natural_residual(F, state, bounds) -> jax.Array:

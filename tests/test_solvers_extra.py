@@ -11,7 +11,6 @@ from eqjax import RESULTS
 from eqjax.estimators import EP
 from eqjax.loop import max_abs_difference
 from eqjax.phases import Clamp, Free, Nudge
-from eqjax.relaxation import total_energy
 from eqjax.solvers import Anderson, BlockCoordinate, GradientDescent, Langevin
 from conftest import random_problem, relative_error
 
@@ -134,7 +133,7 @@ def test_langevin_noise_is_real_on_complex_states():
     # holomorphic EP: the noise perturbs the real coordinates; the imaginary parts follow the
     # (holomorphic) gradient step exactly
     model, params, x, y = random_problem(4, energy="smooth")
-    F = total_energy(model, COST, Nudge(0.1j), model.prepare(params, x), x, y)
+    F = eqjax.total_energy(model, COST, Nudge(0.1j), model.prepare(params, x), x, y)
     state = Nudge(0.1j).start(jax.vmap(model.init_state)(x))
     plain, _ = GradientDescent(step_size=0.5).step(F, state, None, model.bounds)
     solver = Langevin(step_size=0.5, temperature=0.1)
@@ -189,7 +188,7 @@ def test_anderson_stops_on_a_plain_update_below_tol_and_stays_in_the_box():
     for s, (lo, hi) in zip(eq.state, model.bounds):
         assert float(s.min()) >= lo and float(s.max()) <= hi
     # the loop stopped on a plain sweep smaller than tol: one more sweep moves less than tol too
-    F = total_energy(model, cost, Nudge(0.3), model.prepare(params, x), x, y)
+    F = eqjax.total_energy(model, cost, Nudge(0.3), model.prepare(params, x), x, y)
     again, _ = BlockCoordinate().step(F, eq.state, None, model.bounds)
     assert float(max_abs_difference(again, eq.state)) < 1e-6
     # a clamped layer stays exactly at its target
@@ -204,7 +203,7 @@ def test_anderson_never_raises_the_energy_above_the_plain_sweep():
     # per-example energy never increases (bilinear energy + quadratic cost: the midpoint rule is exact)
     model, params, x, y = random_problem(5, sizes=(20, 30, 30, 10), energy="bilinear", gain=1.2,
                                          bias_scale=0.5, batch=16)
-    F = total_energy(model, COST, Nudge(0.5), model.prepare(params, x), x, y)
+    F = eqjax.total_energy(model, COST, Nudge(0.5), model.prepare(params, x), x, y)
     per_example = jax.vmap(lambda s, x_i, y_i: model.energy(params, s, x_i) + 0.5 * COST(model.output(s), y_i))
     anderson, plain = Anderson(history=5, regularization=1e-12, tol=0.0), BlockCoordinate()
 

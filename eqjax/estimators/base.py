@@ -27,10 +27,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.costs import predict
-from eqjax.equilibrium import Equilibrium
+from eqjax._equilibrium import Equilibrium
 from eqjax.loop import select_examples
 from eqjax.phases import Free
-from eqjax.relaxation import relax_batch
+from eqjax._relaxation import relax_batch
 
 
 class Estimator(struct.PyTreeNode, abc.ABC):

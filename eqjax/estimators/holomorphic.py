@@ -13,7 +13,7 @@ from flax import struct
 from eqjax._checks import merge_conditions, shown
 from eqjax.estimators.base import Estimator, contrast_gradient, free_phase_aux, solver_errors
 from eqjax.phases import Free, Nudge
-from eqjax.relaxation import relax_batch
+from eqjax._relaxation import relax_batch
 
 
 def check_holomorphic_model(model) -> None:

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from eqjax.estimators.base import Estimator, free_phase_aux
 from eqjax.loop import unroll
 from eqjax.phases import Free
-from eqjax.relaxation import relax_batch, total_energy
+from eqjax._relaxation import relax_batch, total_energy
 
 
 def _free_units(state, bounds):

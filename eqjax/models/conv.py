@@ -79,7 +79,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.models.base import EnergyModel, default_float
-from eqjax.models.conv_ops import (_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
+from eqjax.models.conv_ops import (per_example_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
                                    pooled_coupling)
 
 POOLS = ("max", "avg", "none")
@@ -204,7 +204,7 @@ class ConvHopfield(EnergyModel):
         parameter gradient)."""
         weights = params["weights"]
         if feedback is None:
-            return lambda k, lower, upper: _dot(upper, pool(conv_for_parameter_gradients(lower, weights[k], self.paddings[k]),
+            return lambda k, lower, upper: per_example_dot(upper, pool(conv_for_parameter_gradients(lower, weights[k], self.paddings[k]),
                                                             self.pools[k], self.pool_size))
         return lambda k, lower, upper: pooled_coupling(lower, upper, weights[k], feedback[k], self.paddings[k],
                                                        self.pools[k], self.pool_size)
@@ -214,22 +214,22 @@ class ConvHopfield(EnergyModel):
         ``-s_1 . P_1(W_1 * x)``; ``coupling`` is one of :meth:`couplings`."""
         weights, biases, K = params["weights"], params["biases"], self.num_conv
         hidden = states[:-1]
-        energy = sum(0.5 * _dot(s, s) for s in hidden)
+        energy = sum(0.5 * per_example_dot(s, s) for s in hidden)
         for k in range(K):
             s = states[k]
-            energy = energy - _dot(s, jnp.broadcast_to(biases[k].astype(s.dtype), s.shape))
+            energy = energy - per_example_dot(s, jnp.broadcast_to(biases[k].astype(s.dtype), s.shape))
             if k > 0:
                 energy = energy - coupling(k, states[k - 1], s)
         below = _flat(states[K - 1])
         for m in range(len(self.dense)):
             d = states[K + m]
-            energy = energy - _dot(d, below @ weights[K + m].astype(d.dtype) + biases[K + m].astype(d.dtype))
+            energy = energy - per_example_dot(d, below @ weights[K + m].astype(d.dtype) + biases[K + m].astype(d.dtype))
             below = d
         o = states[-1]
         drive = below @ weights[-1].astype(o.dtype) + biases[-1].astype(o.dtype)
         if self.readout == "projection":
-            return energy + 0.5 * _dot(o - drive, o - drive)
-        return energy + 0.5 * _dot(o, o) - _dot(o, drive)
+            return energy + 0.5 * per_example_dot(o - drive, o - drive)
+        return energy + 0.5 * per_example_dot(o, o) - per_example_dot(o, drive)
 
     def feedback_kernels(self, params: dict) -> tuple:
         """:func:`~eqjax.models.conv_ops.feedback_kernel` of every conv kernel but the first (whose
@@ -240,7 +240,7 @@ class ConvHopfield(EnergyModel):
         """Internal energy of one example (``x`` ``(H * W * C,)``); a scalar."""
         states, x = tuple(s[None] for s in state), x[None]
         coupling = self.couplings(params, self.feedback_kernels(params))
-        return (self.internal_energies(params, states, coupling) - _dot(states[0], self.input_field(params, x)))[0]
+        return (self.internal_energies(params, states, coupling) - per_example_dot(states[0], self.input_field(params, x)))[0]
 
     def prepare(self, params: dict, x: jax.Array) -> dict:
         """For the relaxation of the batch ``x`` ``(B, H * W * C)``: the input field ``P_1(W_1 * x)``
@@ -251,7 +251,7 @@ class ConvHopfield(EnergyModel):
         """The batch's summed energy from :meth:`prepare`'s input field and feedback kernels."""
         params = prepared["params"]
         coupling = self.couplings(params, prepared["feedback"])
-        return jnp.sum(self.internal_energies(params, states, coupling) - _dot(states[0], prepared["drive"]))
+        return jnp.sum(self.internal_energies(params, states, coupling) - per_example_dot(states[0], prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array) -> jax.Array:
         """``E(state_a) - E(state_b)`` for one example; see :meth:`energy_differences`."""
@@ -266,7 +266,7 @@ class ConvHopfield(EnergyModel):
         :func:`~eqjax.models.conv_ops.conv_for_parameter_gradients`)."""
         coupling = self.couplings(params)
         internal = self.internal_energies(params, states_a, coupling) - self.internal_energies(params, states_b, coupling)
-        return internal - _dot(states_a[0] - states_b[0], self.input_field(params, x, conv_for_parameter_gradients))
+        return internal - per_example_dot(states_a[0] - states_b[0], self.input_field(params, x, conv_for_parameter_gradients))
 
     def output(self, state: tuple) -> jax.Array:
         """The output units of one example, ``(num_classes,)``."""

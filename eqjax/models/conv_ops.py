@@ -120,7 +120,7 @@ def unpool(g: jax.Array, z: jax.Array, kind: str, size: int) -> jax.Array:
     return jnp.pad(spread, ((0, 0), (0, height - h * size), (0, width - w * size), (0, 0)))
 
 
-def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+def per_example_dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """Per-example inner product over every axis but the first: ``(B, ...) x (B, ...) -> (B,)``."""
     return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
 
@@ -138,7 +138,7 @@ def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, w_flipped:
     the contraction of ``unpool(upper, z)`` with ``conv(lower, dw)``; a symbolic-zero tangent (an
     argument not being differentiated, e.g. the layers a half-sweep holds fixed) skips its term.
     """
-    return _dot(upper, pool(conv(lower, w, padding), kind, size))
+    return per_example_dot(upper, pool(conv(lower, w, padding), kind, size))
 
 
 def _pooled_coupling_jvp(padding, kind, size, primals, tangents):
@@ -146,16 +146,16 @@ def _pooled_coupling_jvp(padding, kind, size, primals, tangents):
     d_lower, d_upper, d_w, _ = tangents  # the value does not depend on w_flipped
     z = conv(lower, w, padding)
     pooled = pool(z, kind, size)
-    out = _dot(upper, pooled)
+    out = per_example_dot(upper, pooled)
     tangent = jnp.zeros_like(out)
     if not isinstance(d_upper, SymbolicZero):
-        tangent = tangent + _dot(d_upper, pooled)
+        tangent = tangent + per_example_dot(d_upper, pooled)
     if not isinstance(d_lower, SymbolicZero) or not isinstance(d_w, SymbolicZero):
         spread = unpool(upper, z, kind, size)
         if not isinstance(d_lower, SymbolicZero):
-            tangent = tangent + _dot(d_lower, input_gradient(spread, w_flipped.astype(spread.dtype), padding))
+            tangent = tangent + per_example_dot(d_lower, input_gradient(spread, w_flipped.astype(spread.dtype), padding))
         if not isinstance(d_w, SymbolicZero):
-            tangent = tangent + _dot(spread, conv(lower, d_w, padding))
+            tangent = tangent + per_example_dot(spread, conv(lower, d_w, padding))
     return out, tangent
 
 

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from eqjax._checks import all_finite, check_model, raise_if_concrete, statuses
-from eqjax.api import checked_estimate
+from eqjax._api import checked_estimate
 from eqjax.costs import as_cost
-from eqjax.equilibrium import RESULTS
+from eqjax._equilibrium import RESULTS
 from eqjax.estimators import RandomSign
 from eqjax.estimators.base import add_extras, extra_values
 
@@ -27,7 +27,7 @@ def summarize(aux: dict) -> dict:
     """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
     non-finite or the example was flagged), accuracy, the fraction of examples used by the
     gradient, the fractions flagged ``invalid_input`` and ``invalid_label`` (see
-    :class:`~eqjax.equilibrium.RESULTS`) and, per phase, the mean of the examples' step counts
+    :class:`~eqjax._equilibrium.RESULTS`) and, per phase, the mean of the examples' step counts
     (``<phase>_steps``: when each passed its stopping test), the steps the batch ran
     (``<phase>_batch_steps``), the fractions that converged and that went non-finite, and the
     largest finite residual; plus the estimator's own

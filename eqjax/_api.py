@@ -9,7 +9,7 @@ Each checks its arguments and then calls a jitted core:
   compiled program (:func:`eqjax._checks.error_if`, a host callback), so traced values are checked too;
 - without it, inside a compiled program, an example whose input is not finite or whose label is
   out of range is flagged (``RESULTS.INVALID_INPUT`` / ``INVALID_LABEL`` in its status), frozen
-  and left out of the gradient (:func:`~eqjax.equilibrium.screen_examples`).
+  and left out of the gradient (:func:`~eqjax._equilibrium.screen_examples`).
 
 The model and cost are pytrees with static structure; solver, estimator and phase are pytrees whose
 numeric fields (``beta``, step sizes, tolerances) are traced, so changing them does not recompile.
@@ -24,14 +24,14 @@ import jax.numpy as jnp
 
 from eqjax._checks import check_call, check_throw, guard_equilibria, guard_inputs, statuses
 from eqjax.costs import as_cost
-from eqjax.equilibrium import Equilibrium, mark_examples, screen_examples
+from eqjax._equilibrium import Equilibrium, mark_examples, screen_examples
 from eqjax.estimators import free_phase_aux
 from eqjax.phases import Free, as_phase
-from eqjax.relaxation import relax_batch
+from eqjax._relaxation import relax_batch
 
 
 def marked(aux: dict, codes) -> dict:
-    """An estimator's ``aux`` with :func:`~eqjax.equilibrium.screen_examples`'s codes in every phase's status."""
+    """An estimator's ``aux`` with :func:`~eqjax._equilibrium.screen_examples`'s codes in every phase's status."""
     phases = statuses(aux)
     return {name: ({**value, "status": mark_examples(phases[name], codes)} if name in phases else value)
             for name, value in aux.items()}
@@ -64,7 +64,7 @@ def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=N
         ``"max_steps"`` also makes a relaxation that stops at ``max_steps`` before the tolerance
         an error.
     Returns:
-      a batched :class:`~eqjax.equilibrium.Equilibrium`; its ``status`` says per example whether it
+      a batched :class:`~eqjax._equilibrium.Equilibrium`; its ``status`` says per example whether it
       converged, hit ``max_steps`` or went non-finite.
     """
     cost, phase = as_cost(cost), as_phase(phase)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from eqjax.equilibrium import Equilibrium
+from eqjax._equilibrium import Equilibrium
 from eqjax.phases import Free, Phase
 
 
