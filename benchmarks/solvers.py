@@ -72,10 +72,10 @@ def relaxation_figures(model, cost, params, x, y, solvers: dict, batches: int, f
     @jax.jit
     def phases(solver, params, xb, yb, start):
         prepared = model.prepare(params, xb)
-        free = eqjax.relax_batch(model, cost, solver, params, xb, None, Free(), start, None, prepared)
+        free = eqjax.relax_unchecked(model, cost, solver, params, xb, None, Free(), start, None, prepared)
         return {"free": free,
-                "positive": eqjax.relax_batch(model, cost, solver, params, xb, yb, Nudge(0.2), free.state, None, prepared),
-                "negative": eqjax.relax_batch(model, cost, solver, params, xb, yb, Nudge(-0.2), free.state, None, prepared)}
+                "positive": eqjax.relax_unchecked(model, cost, solver, params, xb, yb, Nudge(0.2), free.state, None, prepared),
+                "negative": eqjax.relax_unchecked(model, cost, solver, params, xb, yb, Nudge(-0.2), free.state, None, prepared)}
 
     @jax.jit
     def true_residual(params, xb, yb, state, beta):
@@ -115,7 +115,7 @@ def step_costs(model, cost, params, x, rounds: int, steps: int = 15) -> dict:
     fixed = dict(tol=0.0, max_steps=steps, check_every=steps)
     solvers = {"block_coordinate": BlockCoordinate(**fixed), "anderson": Anderson(**fixed)}
     xb = x[:16]
-    run = {name: jax.jit(lambda p, xb, s=s: eqjax.relax_batch(model, cost, s, p, xb).state).lower(params, xb).compile()
+    run = {name: jax.jit(lambda p, xb, s=s: eqjax.relax_unchecked(model, cost, s, p, xb).state).lower(params, xb).compile()
            for name, s in solvers.items()}
     micros = {name: [] for name in run}
     for _ in range(rounds):

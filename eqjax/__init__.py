@@ -4,7 +4,7 @@ from eqjax import analog, costs, data, estimators, loop, models, phases, solvers
 from eqjax._checks import check_inputs, check_params
 from eqjax._api import error_rate, evaluate, gradients, relax
 from eqjax._equilibrium import RESULTS, Equilibrium
-from eqjax._relaxation import relax_batch, total_energy
+from eqjax._relaxation import relax_unchecked, total_energy
 from eqjax._train import set_hyperparams, summarize, train_chunk, train_epoch, train_step
 from eqjax import images, parallel, testing, verify  # noqa: E402 (after api: they build on gradients and relax)
 
@@ -28,7 +28,7 @@ __all__ = [
     "parallel",
     "phases",
     "relax",
-    "relax_batch",
+    "relax_unchecked",
     "set_hyperparams",
     "solvers",
     "synthetic",

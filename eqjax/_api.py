@@ -27,7 +27,7 @@ from eqjax.costs import as_cost
 from eqjax._equilibrium import Equilibrium, mark_examples, screen_examples
 from eqjax.estimators import free_phase_aux
 from eqjax.phases import Free, as_phase
-from eqjax._relaxation import relax_batch
+from eqjax._relaxation import relax_unchecked
 
 
 def marked(aux: dict, codes) -> dict:
@@ -42,7 +42,7 @@ def _relax(model, cost, solver, params, x, y, phase, state0, key, throw):
     if throw:
         x = guard_inputs(model, params, x, y, solver, phase)
     x, y, codes = screen_examples(model, x, y)
-    equilibrium = relax_batch(model, cost, solver, params, x, y, phase, state0, key)
+    equilibrium = relax_unchecked(model, cost, solver, params, x, y, phase, state0, key)
     equilibrium = equilibrium.replace(status=mark_examples(equilibrium.status, codes))
     return guard_equilibria(equilibrium, {type(phase).__name__.lower(): equilibrium.status}, throw) if throw else equilibrium
 
@@ -64,7 +64,7 @@ def relax(model, cost, solver, params, x, y=None, phase=None, state0=None, key=N
         ``"max_steps"`` also makes a relaxation that stops at ``max_steps`` before the tolerance
         an error.
     Returns:
-      a batched :class:`~eqjax._equilibrium.Equilibrium`; its ``status`` says per example whether it
+      a batched :class:`~eqjax.Equilibrium`; its ``status`` says per example whether it
       converged, hit ``max_steps`` or went non-finite.
     """
     cost, phase = as_cost(cost), as_phase(phase)
@@ -109,7 +109,7 @@ def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
     if throw:
         x = guard_inputs(model, params, x, y, solver)
     x, y, codes = screen_examples(model, x, y)
-    free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
+    free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, key)
     aux = marked(free_phase_aux(model, cost, free, y), codes)
     return guard_equilibria(aux, statuses(aux), throw) if throw else aux
 

@@ -18,7 +18,7 @@ def total_energy(model, cost, phase: Phase, prepared, x, y):
     return F
 
 
-def relax_batch(model, cost, solver, params, x, y=None, phase: Phase = Free(), state0=None, key=None,
+def relax_unchecked(model, cost, solver, params, x, y=None, phase: Phase = Free(), state0=None, key=None,
                 prepared=None) -> Equilibrium:
     """Relax a batch without input checks (the jit-friendly core of :func:`eqjax.relax`).
 

@@ -27,7 +27,7 @@ def summarize(aux: dict) -> dict:
     """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
     non-finite or the example was flagged), accuracy, the fraction of examples used by the
     gradient, the fractions flagged ``invalid_input`` and ``invalid_label`` (see
-    :class:`~eqjax._equilibrium.RESULTS`) and, per phase, the mean of the examples' step counts
+    :class:`~eqjax.RESULTS`) and, per phase, the mean of the examples' step counts
     (``<phase>_steps``: when each passed its stopping test), the steps the batch ran
     (``<phase>_batch_steps``), the fractions that converged and that went non-finite, and the
     largest finite residual; plus the estimator's own
@@ -116,8 +116,8 @@ def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estima
     rate, a schedule's value) is not finite: then ``params`` and ``opt_state`` come back unchanged,
     ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`).
 
-    The update itself is not scanned: that is a pass over every parameter, 10% of a DHN-1H step
-    (BENCHMARKS.md). Its inputs are checked instead (finite examples and equilibria, finite
+    The update itself is not scanned: that would be one more pass over every parameter, a cost
+    measurable on a small step (BENCHMARKS.md, "What the safety checks cost"). Its inputs are checked instead (finite examples and equilibria, finite
     hyperparameters), so only an overflow can make it non-finite; the next batch's relaxations
     then go non-finite and are flagged."""
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
@@ -194,7 +194,7 @@ def train_chunk(model, cost, optimizer, *, warm_start=False, persistent=False, r
     stacked per batch. Pure; jit it.
 
     ``step`` is the per-batch update, :func:`train_step` ``(model, cost, optimizer, throw=throw)``
-    by default; :func:`eqjax.parallel.train_step` shards every batch over devices.
+    by default; :func:`eqjax.parallel.sharded_train_step` shards every batch over devices.
     """
     if warm_start and persistent:
         raise ValueError("choose warm_start or persistent, not both")

@@ -165,7 +165,7 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
       bounds: per state leaf ``(lo, hi)``, broadcastable against the leaf.
       key: a PRNG key handed to ``solver.init`` (``None`` for deterministic solvers).
     Returns:
-      an :class:`~eqjax._equilibrium.Equilibrium`; the state keeps ``state0``'s dtypes.
+      an :class:`~eqjax.Equilibrium`; the state keeps ``state0``'s dtypes.
     """
     tol, max_steps = solver.tol, solver.max_steps
     solver_state = solver.init(F, state0, bounds, key)

@@ -1,12 +1,12 @@
 """Data-parallel training over devices: the batch axis sharded, the parameters replicated.
 
-:func:`train_step` has the signature of :func:`eqjax.train_step` and the same result, computed by
-every device of a one-axis mesh on its share of the batch: each device relaxes its examples (its
-relaxation loops stop on their own, when its shard has converged), estimates the gradient of its
-shard, and the shards' gradients are averaged over the devices (``psum``, weighted by the number of
-examples each shard used, so that examples left out for going non-finite are left out of the mean
-exactly as on one device). Every device then applies the same optimizer update to its replica of
-the parameters. The same code runs on one CPU, on several forced CPU devices
+:func:`sharded_train_step` makes steps with the signature of :func:`eqjax.train_step`'s and the same
+result, computed by every device of a one-axis mesh on its share of the batch: each device relaxes
+its examples (its relaxation loops stop on their own, when its shard has converged), estimates the
+gradient of its shard, and the shards' gradients are averaged over the devices (``psum``, weighted
+by the number of examples each shard used, so that examples left out for going non-finite are left
+out of the mean exactly as on one device). Every device then applies the same optimizer update to
+its replica of the parameters. The same code runs on one CPU, on several forced CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=4``) and on one or several GPUs.
 
 Equal to the one-device step up to float round-off when every relaxation runs a fixed number of
@@ -75,7 +75,7 @@ def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callabl
     return estimate
 
 
-def train_step(model, cost, optimizer: optax.GradientTransformation, devices=None, *,
+def sharded_train_step(model, cost, optimizer: optax.GradientTransformation, devices=None, *,
                throw: bool = False) -> Callable:
     """:func:`eqjax.train_step` with the batch sharded over ``devices`` (default every device):
     ``step(params, opt_state, solver, estimator, x, y, state0=None, key=None) -> (params, opt_state,
@@ -89,3 +89,13 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, devices=Non
         return (*apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
 
     return step
+
+
+def __getattr__(name):
+    if name == "train_step":  # the former name, taught by earlier READMEs
+        import warnings
+
+        warnings.warn("eqjax.parallel.train_step is now eqjax.parallel.sharded_train_step", DeprecationWarning,
+                      stacklevel=2)
+        return sharded_train_step
+    raise AttributeError(f"module 'eqjax.parallel' has no attribute {name!r}")

@@ -75,7 +75,8 @@ class Nudge(Phase):
 class Clamp(Phase):
     """State leaf ``layer`` (static, default the last) held at ``target`` (traced, the leaf's batched
     shape, e.g. ``(B, n_out)``): its box shrinks to ``[target, target]`` and it starts there, so every
-    solver keeps it fixed while the other layers relax."""
+    solver keeps it fixed while the other layers relax. The state is a tuple of arrays, one per
+    layer (as for the built-in solvers), and ``layer`` indexes it."""
 
     target: jax.Array
     layer: int = struct.field(pytree_node=False, default=-1)

@@ -7,7 +7,7 @@ stopping test measures (:meth:`Solver.residual`); :func:`eqjax.loop.iterate` own
 counting, when to test, status, NaN-safety) for all of them.
 
 ``F`` is the total energy of a batch as a function of the batched state alone (parameters, input,
-label and phase bound); see :func:`eqjax._relaxation.relax_batch`.
+label and phase bound); see :func:`eqjax.relax_unchecked`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _is_unbounded(lo, hi) -> bool:
 
 
 def project(state, bounds):
-    """Clip each state leaf into its ``(lo, hi)`` box, keeping the leaf's dtype (float64 NumPy
+    """Clip each state leaf (``state`` a tuple of arrays, one per layer, aligned with the tuple
+    ``bounds``) into its ``(lo, hi)`` box, keeping the leaf's dtype (float64 NumPy
     bounds must not promote a float32 state under x64). Unbounded leaves pass through untouched,
     so complex states work for unbounded models; a complex state in a finite box raises
     ``TypeError`` (a box is not holomorphic)."""
@@ -127,7 +128,7 @@ class Solver(struct.PyTreeNode, abc.ABC):
         ``following`` state is not finite: the loop freezes an example whose residual is not
         finite. The loop keeps everything else: the step counting, when to test (``check_every``),
         the freezing of non-finite examples, the status (``residual < tol``) and the per-example
-        step counts; the residual it reports in :class:`~eqjax._equilibrium.Equilibrium` is this one.
+        step counts; the residual it reports in :class:`~eqjax.Equilibrium` is this one.
 
         Args:
           F: the batch's total energy as a function of the batched state.

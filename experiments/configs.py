@@ -242,13 +242,13 @@ def build(config: dict):
 def chunk_function(config: dict, model, cost, optimizer, devices=None):
     """The jitted :func:`eqjax.train_chunk` with the config's state options: ``chunk(params,
     opt_state, state, solver, estimator, xs, ys, index, keys)``. With more than one of ``devices``
-    every batch is sharded over them (:func:`eqjax.parallel.train_step`).
+    every batch is sharded over them (:func:`eqjax.parallel.sharded_train_step`).
 
     ``params``, ``opt_state`` and ``state`` are donated: XLA updates them in place instead of
     copying them at every call (for persistent particles the state is a 60,000-row store), so the
     caller must use the returned values, not the arguments, afterwards.
     """
-    step = eqjax.parallel.train_step(model, cost, optimizer, devices) if devices and len(devices) > 1 else None
+    step = eqjax.parallel.sharded_train_step(model, cost, optimizer, devices) if devices and len(devices) > 1 else None
     return jax.jit(eqjax.train_chunk(
         model, cost, optimizer, warm_start=config.get("warm_start", False),
         persistent=config.get("persistent", False), random_sign=config.get("random_sign", False), step=step),
@@ -263,7 +263,7 @@ def initial_state(config: dict, model, num_examples: int) -> tuple:
     return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
 
 
-def make_estimator(config: dict, nudged_solver=None):
+def make_estimator(config: dict, second_solver=None):
     """The config's learning rule (``estimator``, default ``"ep"``):
 
     - ``"ep"``: EP with ``beta`` and ``variant``; ``"holomorphic"``: holomorphic EP with radius
@@ -275,7 +275,7 @@ def make_estimator(config: dict, nudged_solver=None):
       Scellier et al. 2024).
     """
     kind = config.get("estimator", "ep")
-    second = dict(nudged_solver=nudged_solver)
+    second = dict(nudged_solver=second_solver)
     if kind == "implicit":
         return eqjax.estimators.ImplicitDiff()
     if kind == "bptt":
@@ -283,9 +283,10 @@ def make_estimator(config: dict, nudged_solver=None):
     if kind == "holomorphic":
         return eqjax.estimators.HolomorphicEP(beta=config["beta"], num_phases=config.get("num_phases", 4), **second)
     if kind == "contrastive":
-        return eqjax.estimators.Contrastive(**second)
+        return eqjax.estimators.Contrastive(clamped_solver=second_solver)
     if kind == "coupled":
-        return eqjax.estimators.Coupled(eta=config.get("eta", 0.5), variant=config["variant"], **second)
+        return eqjax.estimators.Coupled(eta=config.get("eta", 0.5), variant=config["variant"],
+                                        clamped_solver=second_solver)
     if kind != "ep":
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
     return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], **second)
@@ -338,7 +339,7 @@ def make_optimizer(config: dict) -> optax.GradientTransformation:
     if config.get("family") == "resistive":  # conductances stay non-negative after every update
         rule = optax.adam if config.get("optimizer") == "adam" else optax.sgd
         schedule = optax.exponential_decay(rates, config["batches_per_epoch"], config["decay"], staircase=True)
-        clip = optax.masked(eqjax.analog.devices.conductance_bounds(0.0), eqjax.models.conductance_mask)
+        clip = optax.masked(eqjax.analog.memristors.conductance_bounds(0.0), eqjax.models.conductance_mask)
         return optax.chain(rule(schedule), clip)
     if not isinstance(rates, list):
         return sgd(rates)

@@ -56,7 +56,7 @@ def finite_difference_gradient(model, cost, solver, params, x, y, h=1e-5):
     flat, unravel = ravel_pytree(params)
 
     def loss(f):
-        eq = eqjax.relax_batch(model, cost, solver, unravel(f), x)
+        eq = eqjax.relax_unchecked(model, cost, solver, unravel(f), x)
         return jnp.mean(jax.vmap(cost)(jax.vmap(model.output)(eq.state), y))
 
     directions = jnp.eye(flat.size, dtype=flat.dtype)

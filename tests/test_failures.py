@@ -19,7 +19,7 @@ COST = eqjax.costs.squared_error()
 SOLVER = BlockCoordinate(tol=1e-5, max_steps=30)
 X, Y = eqjax.synthetic.digits(jax.random.key(0), 4)
 PARAMS = MODEL.init(jax.random.key(1), jnp.float32)
-RELAX = jax.jit(eqjax.relax_batch)  # the jitted core: no eager checks, so the loop sees the NaN
+RELAX = jax.jit(eqjax.relax_unchecked)  # the jitted core: no eager checks, so the loop sees the NaN
 
 
 def test_a_nan_example_is_frozen_and_the_others_converge_exactly_as_without_it():
@@ -364,11 +364,11 @@ def _bad_calls():
         "to_spice with a NaN beta": (lambda: eqjax.analog.to_spice(*_circuit(), y=1, beta=float("nan")),
                                      "beta must be a finite non-negative"),
         "to_spice of a Hopfield net": (lambda: eqjax.analog.to_spice(MODEL, PARAMS, X[0]), "exports resistive networks"),
-        "a memristor with an infinite range": (lambda: eqjax.analog.devices.memristor(0.0, float("inf")),
+        "a memristor with an infinite range": (lambda: eqjax.analog.memristors.memristor(0.0, float("inf")),
                                                "g_max must be a finite number"),
-        "a memristor with NaN write noise": (lambda: eqjax.analog.devices.memristor(0.0, 1.0, write_std=float("nan")),
+        "a memristor with NaN write noise": (lambda: eqjax.analog.memristors.memristor(0.0, 1.0, write_std=float("nan")),
                                              "write_std must be a finite number"),
-        "a memristor with negative potentiation": (lambda: eqjax.analog.devices.memristor(0.0, 1.0, potentiation=-0.5),
+        "a memristor with negative potentiation": (lambda: eqjax.analog.memristors.memristor(0.0, 1.0, potentiation=-0.5),
                                                    "potentiation must be a finite number"),
         "the updates check at beta 0": (lambda: eqjax.verify.gradient_descending_updates(
             MODEL, COST, GradientDescent(), PARAMS, X, Y, beta=0.0, num_steps=3), "beta must be a finite nonzero"),

@@ -49,7 +49,7 @@ def test_vmap_over_step_size_equals_python_loop():
     model, params, x, _ = random_problem(2, energy="smooth")
     cost = eqjax.costs.squared_error()
     steps = jnp.array([0.2, 0.5, 0.8])
-    relax = lambda eps: eqjax.relax_batch(model, cost, GradientDescent(eps, 1e-12, 2000), params, x)
+    relax = lambda eps: eqjax.relax_unchecked(model, cost, GradientDescent(eps, 1e-12, 2000), params, x)
     batched = jax.vmap(relax)(steps)
     for i, eps in enumerate(steps):
         looped = eqjax.relax(model, cost, GradientDescent(float(eps), 1e-12, 2000), params, x)

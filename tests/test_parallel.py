@@ -48,7 +48,7 @@ SHARDED = textwrap.dedent("""
     import test_parallel as t
     from eqjax import parallel
     assert len(jax.devices()) == 4, jax.devices()
-    print(json.dumps([t.run(parallel.train_step, t.FIXED, "fixed"), t.run(parallel.train_step, t.STOPPING, "stop")]))
+    print(json.dumps([t.run(parallel.sharded_train_step, t.FIXED, "fixed"), t.run(parallel.sharded_train_step, t.STOPPING, "stop")]))
 """)
 
 
@@ -73,7 +73,7 @@ def test_four_forced_cpu_devices_give_the_one_device_step():
 
 def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():
     single = run(eqjax.train_step, FIXED, "single")
-    meshed = run(lambda *a: parallel.train_step(*a, devices=jax.devices()[:1]), FIXED, "mesh")
+    meshed = run(lambda *a: parallel.sharded_train_step(*a, devices=jax.devices()[:1]), FIXED, "mesh")
     compare(meshed, single, rtol=1e-12, atol=1e-14)
     estimate = jax.jit(parallel.sharded_estimate(MODEL, COST, parallel.batch_mesh(jax.devices()[:1])))
     x, y = batches(1, 5)

@@ -171,8 +171,8 @@ class PoisonFirst(GradientDescent):
 def test_a_nonfinite_example_reports_the_steps_it_is_frozen_at():
     params, x, _ = problem(4)
     start, _ = half_at_equilibrium(params, x)  # examples 0 and 2 at equilibrium: they pass the first test
-    plain = eqjax.relax_batch(MODEL, COST, GradientDescent(0.2, 1e-8, 5_000), params, x, state0=start)
-    poisoned = eqjax.relax_batch(MODEL, COST, PoisonFirst(0.2, 1e-8, 5_000), params, x, state0=start)
+    plain = eqjax.relax_unchecked(MODEL, COST, GradientDescent(0.2, 1e-8, 5_000), params, x, state0=start)
+    poisoned = eqjax.relax_unchecked(MODEL, COST, PoisonFirst(0.2, 1e-8, 5_000), params, x, state0=start)
     np.testing.assert_array_equal(poisoned.status, [RESULTS.NONFINITE] + [RESULTS.CONVERGED] * 3)
     # example 0 passed every test from step 1 on, went NaN at step 11 and is frozen at the state of
     # the test of step 10: its count is 10, as before counts were per example

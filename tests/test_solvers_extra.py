@@ -112,7 +112,7 @@ def test_vmap_over_temperature_equals_a_python_loop_and_never_recompiles():
 
     def relax(temperature, anneal):
         solver = Langevin(step_size=0.3, temperature=temperature, anneal=anneal, tol=1e-7, max_steps=80)
-        return eqjax.relax_batch(model, COST, solver, params, x, y, Nudge(0.2), None, KEY)
+        return eqjax.relax_unchecked(model, COST, solver, params, x, y, Nudge(0.2), None, KEY)
 
     looped_relax = jax.jit(chex.assert_max_traces(n=1)(relax))
     temperatures = jnp.array([0.0, 1e-3, 1e-2])
@@ -149,7 +149,7 @@ def test_langevin_nan_example_leaves_the_others_untouched():
     x, _ = eqjax.synthetic.digits(jax.random.key(0), 4)
     params = model.init(jax.random.key(1), jnp.float32)
     solver = Langevin(step_size=0.3, temperature=0.01, tol=0.0, max_steps=20)
-    relax = jax.jit(eqjax.relax_batch)
+    relax = jax.jit(eqjax.relax_unchecked)
     with_nan = relax(model, COST, solver, params, x.at[0, 3].set(jnp.nan), None, Free(), None, KEY)
     clean = relax(model, COST, solver, params, x, None, Free(), None, KEY)
     np.testing.assert_array_equal(with_nan.status, [RESULTS.NONFINITE] + [RESULTS.MAX_STEPS] * 3)
@@ -226,7 +226,7 @@ def test_anderson_nan_example_is_frozen_and_the_others_run_exactly_as_without_it
     x, _ = eqjax.synthetic.digits(jax.random.key(0), 4)
     params = model.init(jax.random.key(1), jnp.float32)
     solver = Anderson(tol=1e-5, max_steps=30)
-    relax = jax.jit(eqjax.relax_batch)
+    relax = jax.jit(eqjax.relax_unchecked)
     with_nan = relax(model, COST, solver, params, x.at[0, 3].set(jnp.nan))
     without = relax(model, COST, solver, params, x[1:])
     np.testing.assert_array_equal(with_nan.status, [RESULTS.NONFINITE] + [RESULTS.CONVERGED] * 3)
@@ -259,7 +259,7 @@ def test_anderson_over_gradient_descent_and_traced_hyperparameters():
     def accelerated(mixing, regularization, step_size):
         solver = Anderson(base=gd.replace(step_size=step_size), mixing=mixing, regularization=regularization,
                           tol=1e-10, max_steps=5000)
-        return eqjax.relax_batch(model, COST, solver, params, x, y, Nudge(0.2))
+        return eqjax.relax_unchecked(model, COST, solver, params, x, y, Nudge(0.2))
 
     for mixing, regularization in [(1.0, 1e-12), (0.5, 1e-8)]:
         eq = accelerated(mixing, regularization, 0.5)

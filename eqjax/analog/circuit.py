@@ -23,7 +23,7 @@ def check_circuit(model, params) -> None:
             if np.any(g < 0):
                 raise ValueError(
                     f"params['{name}'][{layer}] has negative conductances (min {g.min():.3g} S); "
-                    "clip them to be non-negative (see eqjax.analog.devices.conductance_bounds)"
+                    "clip them to be non-negative (see eqjax.analog.memristors.conductance_bounds)"
                 )
     for layer, current in enumerate(params.get("bias_currents", ())):
         if not np.all(np.isfinite(np.asarray(current))):

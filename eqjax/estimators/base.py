@@ -30,7 +30,7 @@ from eqjax.costs import predict
 from eqjax._equilibrium import Equilibrium
 from eqjax.loop import select_examples
 from eqjax.phases import Free
-from eqjax._relaxation import relax_batch
+from eqjax._relaxation import relax_unchecked
 
 
 class Estimator(struct.PyTreeNode, abc.ABC):
@@ -136,13 +136,13 @@ def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, 
     :func:`free_phase_aux`) with each second phase's summary and ``used`` (finite in every phase).
     """
     prepared = model.prepare(params, x)
-    free = relax_batch(model, cost, solver, params, x, None, Free(), state0, _split(key, 0), prepared)
+    free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, _split(key, 0), prepared)
     aux = free_phase_aux(model, cost, free, y)
     start = jax.lax.stop_gradient(free.state) if warm_start else None
     second_solver = solver if nudged_solver is None else nudged_solver
     equilibria = {"free": free}
     for k, (name, phase) in enumerate(second_phases(jax.lax.stop_gradient(free.state)).items(), start=1):
-        equilibria[name] = relax_batch(model, cost, second_solver, params, x, y, phase, start, _split(key, k),
+        equilibria[name] = relax_unchecked(model, cost, second_solver, params, x, y, phase, start, _split(key, k),
                                        prepared)
         aux[name] = equilibria[name].summary()
     aux["used"] = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)

@@ -49,16 +49,17 @@ class Contrastive(Estimator):
     equilibrium. Descending ``g`` lowers the energy of the clamped configuration relative to the
     free one. There is no nudge strength: the rule is EP's positive form with the output forced
     all the way to the target. ``warm_start`` (static): the clamped phase starts from the free
-    equilibrium, with the output at the target. ``aux["clamped"]`` is its summary.
+    equilibrium, with the output at the target. ``clamped_solver`` relaxes the clamped phase
+    (default: the free phase's solver). ``aux["clamped"]`` is its summary.
     """
 
     layer: int = struct.field(pytree_node=False, default=-1)
     target: Callable = struct.field(pytree_node=False, default=one_hot_target)
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    nudged_solver: object = None
+    clamped_solver: object = None
 
     def errors(self) -> dict:
-        return solver_errors(self.nudged_solver)
+        return solver_errors(self.clamped_solver)
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase, then the clamped phase; see the class."""
@@ -67,7 +68,7 @@ class Contrastive(Estimator):
             output = clamped_leaf(free_state, self.layer)
             return {"clamped": Clamp(self.target(y, model.num_outputs, output.dtype), layer=self.layer)}
 
-        equilibria, aux = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
+        equilibria, aux = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
                                        self.warm_start, phases)
         grads = contrast_gradient(model, params, equilibria["clamped"].state, equilibria["free"].state, x,
                                   jnp.ones((), x.dtype), aux["used"])
@@ -87,7 +88,8 @@ class Coupled(Estimator):
     Dividing by ``eta`` (Stern et al. fold it into the learning rate) makes ``g`` comparable with
     EP's for any ``eta``. ``eta`` is traced, real, finite and nonzero (usually in ``(0, 1]``;
     ``eta = 1`` positive is contrastive learning); ``variant``, ``layer``, ``target`` and
-    ``warm_start`` are static. ``aux["positive"]`` / ``aux["negative"]`` are the phases' summaries.
+    ``warm_start`` are static. ``clamped_solver`` relaxes the clamped phases (default: the free
+    phase's solver). ``aux["positive"]`` / ``aux["negative"]`` are the phases' summaries.
     """
 
     eta: float = 0.5
@@ -95,7 +97,7 @@ class Coupled(Estimator):
     layer: int = struct.field(pytree_node=False, default=-1)
     target: Callable = struct.field(pytree_node=False, default=one_hot_target)
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    nudged_solver: object = None
+    clamped_solver: object = None
 
     def __post_init__(self):
         check_variant(self.variant)
@@ -104,7 +106,7 @@ class Coupled(Estimator):
         eta = jnp.asarray(self.eta)
         own = {f"eta must be a real, finite, nonzero number{shown(self.eta)}":
                jnp.iscomplexobj(eta) | ~jnp.isfinite(eta) | (eta == 0)}
-        return merge_conditions(own, solver_errors(self.nudged_solver))
+        return merge_conditions(own, solver_errors(self.clamped_solver))
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase, then the clamped phase(s) around the free output; see the class."""
@@ -116,7 +118,7 @@ class Coupled(Estimator):
             return {name: Clamp(output + signs[name] * step, layer=self.layer)
                     for name in second_phase_names(self.variant)}
 
-        equilibria, aux = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
+        equilibria, aux = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
                                        self.warm_start, phases)
         high, low, multiple = EP_CONTRASTS[self.variant]
         grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x,

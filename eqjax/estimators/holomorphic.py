@@ -13,7 +13,7 @@ from flax import struct
 from eqjax._checks import merge_conditions, shown
 from eqjax.estimators.base import Estimator, contrast_gradient, free_phase_aux, solver_errors
 from eqjax.phases import Free, Nudge
-from eqjax._relaxation import relax_batch
+from eqjax._relaxation import relax_unchecked
 
 
 def check_holomorphic_model(model) -> None:
@@ -81,7 +81,7 @@ class HolomorphicEP(Estimator):
         complex_dtype = jnp.result_type(x.dtype, jnp.complex64)
         prepared = model.prepare(params, x)
         free_key, nudged_key = (None, None) if key is None else jax.random.split(key)
-        free = relax_batch(model, cost, solver, params, x, None, Free(), state0, free_key, prepared)
+        free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, free_key, prepared)
         aux = free_phase_aux(model, cost, free, y)
         free_state = jax.lax.stop_gradient(free.state)
         start = free_state if self.warm_start else None
@@ -89,7 +89,7 @@ class HolomorphicEP(Estimator):
         betas = nudges(self.beta, self.num_phases, complex_dtype)
 
         def relax_nudged(beta_k, key_k):
-            return relax_batch(model, cost, second, params, x, y, Nudge(beta=beta_k), start, key_k, prepared)
+            return relax_unchecked(model, cost, second, params, x, y, Nudge(beta=beta_k), start, key_k, prepared)
 
         if nudged_key is None:
             nudged = jax.vmap(lambda b: relax_nudged(b, None))(betas)

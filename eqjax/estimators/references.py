@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from eqjax.estimators.base import Estimator, free_phase_aux
 from eqjax.loop import unroll
 from eqjax.phases import Free
-from eqjax._relaxation import relax_batch, total_energy
+from eqjax._relaxation import relax_unchecked, total_energy
 
 
 def _free_units(state, bounds):
@@ -69,7 +69,7 @@ class ImplicitDiff(Estimator):
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Relax the free phase with ``solver``, then solve the adjoint system per example."""
-        free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
+        free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, key)
         state = jax.lax.stop_gradient(free.state)
         adjoint, solve_residual = jax.vmap(self._adjoint, in_axes=(None, None, None, 0, 0, 0))(
             model, cost, params, state, x, y
@@ -137,12 +137,12 @@ class FiniteDifferences(Estimator):
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Relax the free phase, then ``2 P`` perturbed free phases; see the class."""
-        free = relax_batch(model, cost, solver, params, x, None, Free(), state0, key)
+        free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, key)
         start = jax.lax.stop_gradient(free.state)
         flat, unravel = ravel_pytree(params)
 
         def loss(flat_params):
-            state = relax_batch(model, cost, solver, unravel(flat_params), x, None, Free(), start, key).state
+            state = relax_unchecked(model, cost, solver, unravel(flat_params), x, None, Free(), start, key).state
             return jnp.mean(jax.vmap(cost)(jax.vmap(model.output)(state), y))
 
         def central(i):

@@ -69,7 +69,7 @@ class Hopfield(Layered):
     """
 
     sizes: tuple[int, ...] = struct.field(pytree_node=False)
-    kind: str = struct.field(pytree_node=False, default="bilinear")
+    energy_form: str = struct.field(pytree_node=False, default="bilinear")  # hopfield(energy=...)
     gain: float = struct.field(pytree_node=False, default=1.0)
     output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
     init_scheme: str = struct.field(pytree_node=False, default="glorot")
@@ -77,8 +77,8 @@ class Hopfield(Layered):
     @property
     def bounds(self) -> tuple[tuple[float, float], ...]:
         """``(lo, hi)`` box of each free layer, as Python floats (``+-inf`` when unbounded)."""
-        hidden = tuple(_BOUNDS[self.kind] for _ in self.sizes[2:])
-        output = _BOUNDS[self.kind] if self.output_bounds is None else self.output_bounds
+        hidden = tuple(_BOUNDS[self.energy_form] for _ in self.sizes[2:])
+        output = _BOUNDS[self.energy_form] if self.output_bounds is None else self.output_bounds
         return hidden + (output,)
 
     def init(self, key: jax.Array, dtype=None) -> dict:
@@ -154,7 +154,7 @@ class Hopfield(Layered):
         return self._internal_energy(params, state, activations) - jnp.dot(drive, activations[0])
 
     def _activations(self, state: tuple) -> tuple:
-        rho = _RHO[self.kind]
+        rho = _RHO[self.energy_form]
         return tuple(rho(s) for s in state)
 
     def _internal_energy(self, params: dict, state: tuple, activations: tuple) -> jax.Array:
@@ -187,10 +187,8 @@ def _input_field_vmap(axis_size: int, in_batched: list, x: jax.Array, w: jax.Arr
     broadcast to ``(members, B, n_0)``: every member's ``W_1`` ``(n_0, n_1)`` is read in place.
     JAX's default rule would contract the unbatched ``x`` against the stacked ``(members, n_0, n_1)``
     weights as one product ``(B, n_0) x (n_0, members * n_1)``, for which XLA:CPU first copies the
-    stacked weights into that layout (``members * n_0 * n_1`` floats moved per call). Measured on
-    the 2-core CPU, 16 DHN-1H members (``benchmarks/sweep.py``'s grid) vmapped, 30 batches: this rule
-    takes 0.70 of the time of the default one; the input field alone for 16 members, 4.6 ms
-    against 23 ms."""
+    stacked weights into that layout (``members * n_0 * n_1`` floats moved per call), which
+    ``benchmarks/sweep.py`` measures as the slower of the two on a CPU."""
     x_batched, w_batched = in_batched
     if not w_batched:  # only the input is batched: one product over all rows, as jnp would do
         return _input_field_product(x, w), True
@@ -272,5 +270,5 @@ def hopfield(
         if not lo < hi:
             raise ValueError(f"output_bounds must be (lo, hi) with lo < hi, got {output_bounds!r}")
         output_bounds = (lo, hi)
-    return Hopfield(sizes=sizes, kind=energy, gain=float(gain), output_bounds=output_bounds,
+    return Hopfield(sizes=sizes, energy_form=energy, gain=float(gain), output_bounds=output_bounds,
                     init_scheme=init_scheme)

@@ -32,7 +32,7 @@ voltage ``V`` across it) has co-content ``D(V) = I_s (n V_T (exp(V / (n V_T)) - 
 Parameters: ``{"conductances": (G_1, .., G_L), "bias_plus": (g+_1, ..), "bias_minus": (g-_1, ..)}``
 (``bias="conductance"``) or ``{"conductances": (G_1, ..), "bias_currents": (I_1, ..)}``
 (``bias="current"``), with ``G_1`` of shape ``(2 n_in, n_1)``. Conductances must stay
-non-negative (see :mod:`eqjax.analog.devices` for updates that guarantee it); currents need not.
+non-negative (see :mod:`eqjax.analog.memristors` for updates that guarantee it); currents need not.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Resistive(Layered):
         """Conductances must be non-negative (a resistor cannot have negative conductance)."""
         negative = jnp.stack([jnp.any(g < 0) for k in self.conductance_keys for g in params[k]])
         return {f"negative conductances in params[{list(self.conductance_keys)}]: a resistive network "
-                "needs conductances >= 0 (clip them, e.g. with eqjax.analog.devices.conductance_bounds)":
+                "needs conductances >= 0 (clip them, e.g. with eqjax.analog.memristors.conductance_bounds)":
                 jnp.any(negative)}
 
     def init(self, key: jax.Array, dtype=None) -> dict:

@@ -1,13 +1,13 @@
 """Accuracy of EP training through memristor device models: versus the number of conductance
 levels and versus cycle-to-cycle write noise.
 
-    python -m experiments.devices [--dataset mnist] [--train-limit 60000] [--epochs 2]
+    python -m experiments.memristors [--dataset mnist] [--train-limit 60000] [--epochs 2]
 
 Trains the `drn-xs` configuration (resistive 2x784-100-10, centered EP, SGD) once per device
-setting, with the device model of `eqjax.analog.devices.memristor` applied to the conductances
+setting, with the device model of `eqjax.analog.memristors.memristor` applied to the conductances
 after the optimizer: ideal (continuous) conductances; a finite number of levels with updates
 rounded to the nearest whole pulse, or stochastically (unbiased); write noise at a fixed number of
-levels. Writes `runs/devices-<time>/results.json` and `devices.png`.
+levels. Writes `runs/memristors-<time>/results.json` and `memristors.png`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 import eqjax
 from experiments import common, configs, runfiles
 from experiments.splits import load_split
-from eqjax.analog import devices  # noqa: E402
+from eqjax.analog import memristors  # noqa: E402
 
 G_MAX = 1.0  # siemens: range of the simulated devices (trained DRN-XS conductances reach about 0.6 S)
 
@@ -53,7 +53,7 @@ def train_and_test(config, device, data, epochs, seed) -> float:
 
 
 def plot(run_dir: Path, results: list, args) -> None:
-    """``devices.png``: test error against conductance levels (left) and write noise (right)."""
+    """``memristors.png``: test error against conductance levels (left) and write noise (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +80,7 @@ def plot(run_dir: Path, results: list, args) -> None:
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     fig.suptitle(f"EP on DRN-XS through memristor models, {args.dataset}, {args.train_limit} examples, {args.epochs} epochs")
     fig.tight_layout()
-    runfiles.save_figure(fig, run_dir / "devices.png")
+    runfiles.save_figure(fig, run_dir / "memristors.png")
 
 
 def main(argv=None):
@@ -104,8 +104,8 @@ def main(argv=None):
                 + [("noise", args.noise_levels, s) for s in args.noise])
     results = []
     for kind, levels, noise in tqdm(settings, desc="device settings"):
-        device = (devices.conductance_bounds(0.0) if kind == "ideal" else
-                  devices.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
+        device = (memristors.conductance_bounds(0.0) if kind == "ideal" else
+                  memristors.memristor(0.0, G_MAX, num_levels=levels, potentiation=0.5, depression=0.5,
                                     write_std=noise, stochastic_pulses=kind != "nearest", seed=args.seed))
         start = time.time()
         error = train_and_test(config, device, data, args.epochs, args.seed)
@@ -113,11 +113,11 @@ def main(argv=None):
                         "seconds": time.time() - start})
         print(json.dumps(results[-1]), flush=True)
 
-    run_dir = runfiles.fresh_directory(args.runs_dir, f"devices-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = runfiles.fresh_directory(args.runs_dir, f"memristors-{time.strftime('%Y%m%d-%H%M%S')}")
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "g_max": G_MAX, "results": results}
     runfiles.atomic_write_text(run_dir / "results.json", json.dumps(record, indent=2))
     plot(run_dir, results, args)
-    print(f"wrote {run_dir}/results.json and devices.png")
+    print(f"wrote {run_dir}/results.json and memristors.png")
     return run_dir
 
 
