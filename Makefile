@@ -70,6 +70,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	@echo "|---|---|---|---|---|---|---|---|---|"
 	@$(PY) -m benchmarks.sweep
 	@XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m benchmarks.sweep --output benchmarks/sweep_results_2dev.json
+	$(PY) -m benchmarks.sweep_small
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache

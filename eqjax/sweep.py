@@ -33,6 +33,7 @@ from typing import Callable
 import jax
 import numpy as np
 from flax import struct
+from jax.extend import core as jax_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MEMBERS = "members"  # the mesh axis the members are sharded over
@@ -142,12 +143,51 @@ def _replicate(leaf, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def _group_size(vectorize: int | None, devices) -> int | None:
-    """``vectorize`` as :func:`run` documents it, resolved: ``None`` is one member at a time on CPU
-    devices and all members at once elsewhere (``None`` here)."""
-    if vectorize is None:
-        return 1 if all(device.platform == "cpu" for device in devices) else None
-    return vectorize
+CPU_CACHE_BYTES = 8 * 2**20  # per device: the loop state of the members vmapped together on a CPU
+_MEMBER_BYTES: dict = {}  # (fn, structure, shapes) -> loop_state_bytes of one member
+
+
+def _subjaxprs(params: dict):
+    """The jaxprs inside an equation's parameters (loop bodies, branches, called functions)."""
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jax_core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jax_core.Jaxpr):
+                yield item
+
+
+def loop_state_bytes(jaxpr) -> int:
+    """The bytes of the largest loop state (the outputs of a ``while``/``scan``: a member's
+    parameters, optimizer state and relaxation state while it trains) in a jaxpr and the jaxprs
+    inside it."""
+    largest = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("while", "scan"):
+            largest = max(largest, sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars))
+        for inner in _subjaxprs(eqn.params):
+            largest = max(largest, loop_state_bytes(inner))
+    return largest
+
+
+def _group_size(vectorize: int | None, devices, fn: Callable, grid: dict, args: tuple, per_device: int) -> int | None:
+    """``vectorize`` as :func:`run` documents it, resolved (``None``: all members at once).
+
+    Default on accelerators: all at once. On CPU devices: all at once when the loop state of one
+    member (:func:`loop_state_bytes` of ``fn`` traced for the first member) times the members per
+    device fits in :data:`CPU_CACHE_BYTES`, so that vmapping merges small products without
+    streaming the members' weights from memory; else one at a time."""
+    if vectorize is not None:
+        return vectorize
+    if not all(device.platform == "cpu" for device in devices):
+        return None
+    first = {name: values[0] for name, values in grid.items()}
+    leaves = jax.tree.leaves((first, args))
+    signature = (fn, jax.tree.structure((first, args)),
+                 tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves))
+    if signature not in _MEMBER_BYTES:  # traced once per function and shapes, like the program
+        _MEMBER_BYTES[signature] = loop_state_bytes(jax.make_jaxpr(fn)(first, *args).jaxpr)
+    return None if _MEMBER_BYTES[signature] * per_device <= CPU_CACHE_BYTES else 1
 
 
 @functools.lru_cache(maxsize=32)
@@ -186,18 +226,22 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
         padded with copies of the last member, whose outputs are dropped.
       vectorize: how many members each device computes at once with ``jax.vmap``; its members are
         walked through in groups of this size by ``jax.lax.map`` (``1``: a loop, no ``vmap``; at
-        least the members per device: one ``vmap`` of all). Default ``None``: one at a time on CPU
-        devices, all at once on accelerators. On CPU a vmapped group streams every member's weights
-        through memory at each batch (16 DHN-1H members: 51 MB of ``W_1``, beyond the caches)
-        while a loop keeps one member's in cache, and the products with a member's own weights,
-        which vmapping cannot merge, are most of the work: the loop was the fastest in
-        BENCHMARKS.md. Smaller groups also bound memory.
+        least the members per device: one ``vmap`` of all). Default ``None``: all at once on
+        accelerators; on CPU devices all at once when the members' loop state (parameters,
+        optimizer and relaxation state: :func:`loop_state_bytes`) fits in
+        :data:`CPU_CACHE_BYTES` per device, else one at a time. On CPU a vmapped group streams
+        every member's weights through memory at each batch (16 DHN-1H members: 51 MB of
+        ``W_1``, beyond the caches) while a loop keeps one member's in cache; small members gain
+        from vmapping their small products (BENCHMARKS.md, "Sweeps"). Smaller groups also bound
+        memory.
       on_call: called on the host after each call as ``on_call(members, outputs)`` with the call's
         member indices ``(n,)`` and their outputs (e.g. to report progress or save results as they
         come, so that a killed sweep can skip finished members).
     Returns:
       a :class:`SweepResult`. ``fn`` is traced and compiled once, at its first ``run`` with these
-      devices, ``vectorize``, shapes and call size; later calls reuse the program.
+      devices, ``vectorize``, shapes and call size; later calls reuse the program. With the
+      default ``vectorize`` on CPU devices it is traced once more, the first time, to size a
+      member.
     """
     count = num_members(grid)
     grid = {name: np.asarray(values, jax.dtypes.canonicalize_dtype(np.asarray(values).dtype))
@@ -212,7 +256,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
     shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
     if vectorize is not None and (isinstance(vectorize, bool) or not isinstance(vectorize, int) or vectorize < 1):
         raise ValueError(f"vectorize must be a positive int or None, got {vectorize!r}")
-    compiled = _program(fn, len(args), mesh, _group_size(vectorize, devices))
+    compiled = _program(fn, len(args), mesh, _group_size(vectorize, devices, fn, grid, args, per_call // len(devices)))
     pieces = []
     for start in range(0, count, per_call):
         rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member

@@ -58,7 +58,10 @@ def test_every_member_equals_its_single_run_and_the_sweep_compiles_once():
 
     grid = eqjax.sweep.product(beta=[0.1, -0.3], learning_rate=[0.02, 0.1], seed=[0, 1], tol=[1e-5, 1e-7])
     result = eqjax.sweep.run(counted, grid, XS, YS, members_per_call=5)  # 16 members in 4 calls, padded
-    assert len(traces) == 1
+    # one trace sizes a member (the default mode on CPU), one compiles the program; none per call
+    assert len(traces) == (2 if jax.devices()[0].platform == "cpu" else 1)
+    eqjax.sweep.run(counted, grid, XS, YS, members_per_call=5)  # a second run reuses both
+    assert len(traces) == (2 if jax.devices()[0].platform == "cpu" else 1)
     assert result.ok.all() and result.outputs["loss"].shape == (16,)
     for i in (0, 5, 10, 15):  # members from every call
         single = single_run(grid, i)
@@ -94,6 +97,32 @@ def test_vmapped_members_equal_the_loop_over_members(vectorize):
     # stopped where they stopped: the same steps, and the same float64 numbers up to round-off
     np.testing.assert_array_equal(vmapped.outputs["steps"], looped.outputs["steps"])
     chex.assert_trees_all_close(vmapped.outputs, looped.outputs, rtol=1e-9, atol=1e-12)
+
+
+def test_the_default_mode_on_cpu_vmaps_small_members_and_loops_over_large_ones():
+    # a member's loop state is its parameters (and optimizer and relaxation state) while it trains:
+    # 64-32-10 is 2,400 weights, 784-1024-10 about 813,000 (3.3 MB in float32)
+    def member(sizes):
+        model = eqjax.models.hopfield(sizes, gain=0.5)
+
+        def fn(h, x):
+            params = model.init(jax.random.key(0), jnp.float32)
+            step = lambda p, _: (jax.tree.map(lambda w: w * h["beta"], p), None)
+            return jax.tree.leaves(jax.lax.scan(step, params, None, length=3)[0])[0].sum()
+
+        return fn
+
+    grid = {"beta": np.asarray([0.1, 0.2, 0.3, 0.4], np.float32)}
+    small, large = member((64, 32, 10)), member((784, 1024, 10))
+    x = jnp.zeros((4, 64))
+    small_bytes = eqjax.sweep.loop_state_bytes(jax.make_jaxpr(small)({"beta": 0.1}, x).jaxpr)
+    large_bytes = eqjax.sweep.loop_state_bytes(jax.make_jaxpr(large)({"beta": 0.1}, x).jaxpr)
+    assert small_bytes == 4 * (64 * 32 + 32 * 10 + 32 + 10)  # float32 weights and biases
+    assert large_bytes == 4 * (784 * 1024 + 1024 * 10 + 1024 + 10)
+    cpu = jax.devices("cpu")[:1]
+    assert eqjax.sweep._group_size(None, cpu, small, grid, (x,), 4) is None  # all vmapped
+    assert eqjax.sweep._group_size(None, cpu, large, grid, (x,), 4) == 1  # one at a time
+    assert eqjax.sweep._group_size(3, cpu, large, grid, (x,), 4) == 3  # the caller's choice wins
 
 
 def test_input_field_batches_the_members_weights_without_moving_them():
