@@ -30,9 +30,9 @@ def summarize(aux: dict) -> dict:
     :class:`~eqjax.RESULTS`) and, per phase, the mean of the examples' step counts
     (``<phase>_steps``: when each passed its stopping test), the steps the batch ran
     (``<phase>_batch_steps``), the fractions that converged and that went non-finite, and the
-    largest finite residual; plus the estimator's own
-    ``aux["extras"]`` under their names (scalars as they are, per-example ``(B,)`` arrays as their
-    batch mean; see :class:`~eqjax.estimators.Estimator`)."""
+    largest finite residual; plus the estimator's own ``aux["extras"]`` under their names (scalars
+    as they are, per-example ``(B,)`` arrays as their batch mean; see
+    :class:`~eqjax.estimators.Estimator`)."""
     extras = extra_values(aux)  # checked first: an extra named "status" would pass for a phase
     metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
     if "used" in aux:
@@ -117,9 +117,9 @@ def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estima
     ``metrics["skipped"]`` is 1 and the ``loss`` NaN (see :func:`train_step`).
 
     The update itself is not scanned: that would be one more pass over every parameter, a cost
-    measurable on a small step (BENCHMARKS.md, "What the safety checks cost"). Its inputs are checked instead (finite examples and equilibria, finite
-    hyperparameters), so only an overflow can make it non-finite; the next batch's relaxations
-    then go non-finite and are flagged."""
+    measurable on a small step (BENCHMARKS.md, "What the safety checks cost"). Its inputs are
+    checked instead (finite examples and equilibria, finite hyperparameters), so only an overflow
+    can make it non-finite; the next batch's relaxations then go non-finite and are flagged."""
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     scalars = [leaf for leaf in jax.tree.leaves((opt_state, new_opt_state)) if jnp.ndim(leaf) == 0]
     skipped = step_invalid(model, params, solver, estimator) | ~all_finite(scalars)

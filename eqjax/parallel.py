@@ -76,7 +76,7 @@ def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callabl
 
 
 def sharded_train_step(model, cost, optimizer: optax.GradientTransformation, devices=None, *,
-               throw: bool = False) -> Callable:
+                       throw: bool = False) -> Callable:
     """:func:`eqjax.train_step` with the batch sharded over ``devices`` (default every device):
     ``step(params, opt_state, solver, estimator, x, y, state0=None, key=None) -> (params, opt_state,
     metrics, free_state)``. The batch size must be a multiple of the number of devices. Jit it;

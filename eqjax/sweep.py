@@ -144,7 +144,6 @@ def _replicate(leaf, sharding):
 
 
 CPU_CACHE_BYTES = 8 * 2**20  # per device: the loop state of the members vmapped together on a CPU
-_MEMBER_BYTES: dict = {}  # (fn, structure, shapes) -> loop_state_bytes of one member
 
 
 def _subjaxprs(params: dict):
@@ -182,12 +181,18 @@ def _group_size(vectorize: int | None, devices, fn: Callable, grid: dict, args: 
     if not all(device.platform == "cpu" for device in devices):
         return None
     first = {name: values[0] for name, values in grid.items()}
-    leaves = jax.tree.leaves((first, args))
-    signature = (fn, jax.tree.structure((first, args)),
-                 tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves))
-    if signature not in _MEMBER_BYTES:  # traced once per function and shapes, like the program
-        _MEMBER_BYTES[signature] = loop_state_bytes(jax.make_jaxpr(fn)(first, *args).jaxpr)
-    return None if _MEMBER_BYTES[signature] * per_device <= CPU_CACHE_BYTES else 1
+    leaves, structure = jax.tree.flatten((first, args))
+    dtype = lambda leaf: leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
+    shapes = tuple(jax.ShapeDtypeStruct(np.shape(leaf), dtype(leaf)) for leaf in leaves)
+    return None if _member_bytes(fn, structure, shapes) * per_device <= CPU_CACHE_BYTES else 1
+
+
+@functools.lru_cache(maxsize=32)
+def _member_bytes(fn: Callable, structure, shapes: tuple) -> int:
+    """:func:`loop_state_bytes` of ``fn`` traced (abstractly) for one member; cached like
+    :func:`_program`, so a function is sized once per shapes."""
+    first, args = jax.tree.unflatten(structure, shapes)
+    return loop_state_bytes(jax.make_jaxpr(fn)(first, *args).jaxpr)
 
 
 @functools.lru_cache(maxsize=32)

@@ -32,27 +32,34 @@ def parse_value(text: str, what: str):
         raise SystemExit(f"{what}: the value must be JSON ({JSON_HINT}), got {text!r}") from None
 
 
-def apply_overrides(config: dict, items, model: str) -> dict:
-    """``config`` with every ``KEY=VALUE`` of ``items`` (``--set``) applied; ``SystemExit`` for a
-    malformed item or a key that is neither in the named config nor optional."""
-    config = dict(config)
+def parse_overrides(items) -> dict:
+    """``{key: value}`` from ``--set KEY=VALUE`` items (:func:`parse_value`); ``SystemExit`` for a
+    malformed item."""
+    overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = parse_value(value, f"--set {item}")
+    return overrides
+
+
+def apply_overrides(config: dict, overrides: dict, model: str) -> dict:
+    """``config`` with ``overrides`` applied; ``SystemExit`` for a key that is neither in the named
+    config ``model`` nor optional."""
+    for key, value in overrides.items():
         if key not in config and key not in configs.OPTIONAL:
-            raise SystemExit(f"--set {item}: {model} has no entry {key!r} "
+            raise SystemExit(f"--set {key}={value!r}: {model} has no entry {key!r} "
                              f"(has {sorted(config)}; optional: {sorted(configs.OPTIONAL)})")
-        config[key] = parse_value(value, f"--set {item}")
-    return config
+    return {**config, **overrides}
 
 
-def run_config(model: str, overrides, epochs: int, **options) -> dict:
-    """The named config ``model`` with ``--set`` ``overrides``, the run ``options`` (``dataset``,
+def run_config(model: str, items, epochs: int, **options) -> dict:
+    """The named config ``model`` with the ``--set`` ``items`` (``KEY=VALUE``), the run ``options`` (``dataset``,
     ``seed``, limits...) and ``epochs``, validated (``SystemExit`` naming the problem)."""
     if model not in configs.CONFIGS:
         raise SystemExit(f"--model must be one of {sorted(configs.CONFIGS)}, got {model!r}")
-    config = apply_overrides(configs.CONFIGS[model], overrides, model)
+    config = apply_overrides(configs.CONFIGS[model], parse_overrides(items), model)
     config = dict(config, model=model, **options, epochs=epochs, jax_version=jax.__version__,
                   backend=jax.default_backend())
     try:

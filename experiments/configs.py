@@ -275,13 +275,13 @@ def make_estimator(config: dict, second_solver=None):
       Scellier et al. 2024).
     """
     kind = config.get("estimator", "ep")
-    second = dict(nudged_solver=second_solver)
     if kind == "implicit":
         return eqjax.estimators.ImplicitDiff()
     if kind == "bptt":
         return eqjax.estimators.BPTT(num_steps=config["free_steps"])
     if kind == "holomorphic":
-        return eqjax.estimators.HolomorphicEP(beta=config["beta"], num_phases=config.get("num_phases", 4), **second)
+        return eqjax.estimators.HolomorphicEP(beta=config["beta"], num_phases=config.get("num_phases", 4),
+                                             nudged_solver=second_solver)
     if kind == "contrastive":
         return eqjax.estimators.Contrastive(clamped_solver=second_solver)
     if kind == "coupled":
@@ -289,7 +289,7 @@ def make_estimator(config: dict, second_solver=None):
                                         clamped_solver=second_solver)
     if kind != "ep":
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
-    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], **second)
+    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=second_solver)
 
 
 def make_solver(config: dict, max_steps: int):

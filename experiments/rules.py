@@ -65,12 +65,12 @@ def family_plan(args, family: str) -> sweeping.SweepPlan:
 def run_family(args, family: str, root: Path) -> Path:
     """Train (or resume) one family's sweep under ``root / family``; returns its results.csv."""
     runs, plan = root / family, family_plan(args, family)
-    sweeping.check(plan)
+    base = sweeping.check(plan)
     existing = sorted(runs.glob("sweep-*/sweep.json"))
     run_dir = existing[-1].parent if existing else sweeping.new_directory(plan, runs)
     if existing and sweeping.read_plan(run_dir) != plan:
         raise SystemExit(f"{run_dir} holds a sweep with other settings; give another --runs-dir")
-    sweeping.execute(plan, run_dir, args.data_dir)
+    sweeping.execute(plan, base, run_dir, args.data_dir)
     return run_dir / "results.csv"
 
 

@@ -101,13 +101,8 @@ def parse_grid(items) -> dict:
 
 def plan_from_args(args) -> sweeping.SweepPlan:
     """The plan a command line asks for."""
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = common.parse_value(value, f"--set {item}")
-    return sweeping.SweepPlan(model=args.model, grid=parse_grid(args.grid), overrides=overrides, dataset=args.dataset,
+    return sweeping.SweepPlan(model=args.model, grid=parse_grid(args.grid), overrides=common.parse_overrides(args.set),
+                              dataset=args.dataset,
                               epochs=args.epochs, validation=args.validation, train_limit=args.train_limit,
                               test_limit=args.test_limit, data_seed=args.data_seed,
                               members_per_call=args.members_per_call)
@@ -141,11 +136,11 @@ def main(argv=None):
     args = parse_args(argv)
     primary = start_distributed(args)
     plan = resumed_plan(args) if args.resume else plan_from_args(args)
-    sweeping.check(plan)  # before anything is written
+    base = sweeping.check(plan)  # before anything is written
     run_dir = args.resume
     if run_dir is None and primary:
         run_dir = sweeping.new_directory(plan, args.runs_dir, sys.argv[1:] if argv is None else list(argv))
-    return sweeping.execute(plan, run_dir, args.data_dir, primary)
+    return sweeping.execute(plan, base, run_dir, args.data_dir, primary)
 
 
 if __name__ == "__main__":

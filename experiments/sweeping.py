@@ -55,11 +55,7 @@ def check(plan: SweepPlan) -> dict:
     train: an unknown model or key, a member whose config is invalid, augmentation)."""
     if plan.model not in configs.CONFIGS:
         raise SystemExit(f"--model must be one of {sorted(configs.CONFIGS)}, got {plan.model!r}")
-    base = dict(configs.CONFIGS[plan.model])
-    for key, value in plan.overrides.items():
-        if key not in base and key not in configs.OPTIONAL:
-            raise SystemExit(f"--set {key}={value}: {plan.model} has no entry {key!r}")
-        base[key] = value
+    base = common.apply_overrides(configs.CONFIGS[plan.model], plan.overrides, plan.model)
     if not plan.grid:
         raise SystemExit("give at least one --grid KEY=V1,V2,...")
     for key in plan.grid:
@@ -98,11 +94,10 @@ def read_plan(run_dir: Path) -> SweepPlan:
                          "nothing was changed") from None
 
 
-def execute(plan: SweepPlan, run_dir, data_dir=None, primary: bool = True):
-    """Check the plan, then train the members of ``run_dir`` not yet in its ``results.csv``
-    holding the directory's lock (first process only; ``run_dir`` is ``None`` on the others);
-    returns ``run_dir``."""
-    base = check(plan)
+def execute(plan: SweepPlan, base: dict, run_dir, data_dir=None, primary: bool = True):
+    """Train the members of ``run_dir`` not yet in its ``results.csv`` from ``base`` (the config
+    :func:`check` returned for the plan), holding the directory's lock (first process only; ``run_dir`` is
+    ``None`` on the others); returns ``run_dir``."""
     with runfiles.RunLock(run_dir) if primary else contextlib.nullcontext():  # one process per sweep directory
         return run_members(plan, base, run_dir, primary, data_dir)
 
