@@ -17,14 +17,18 @@ For each net, seconds per batch of
 - ``eqjax``: ``jax.jit(eqjax.train_epoch(...))`` over ``--batches`` batches, per batch, compiled first;
 - ``torch``: the same training step in eager PyTorch with all cores (benchmarks/torch_ep.py);
 - ``limit``: the convolution passes a step needs, alone, in the fastest formulation found (stride-1
-  NHWC forward convolutions in XLA): per sweep, one forward and one transposed convolution (as a
-  forward one with the flipped kernel) per pair of conv layers, inside one loop as in a relaxation;
+  NHWC convolutions, each pass in the formulation eqjax's relaxation chooses: XLA's, Winograd's
+  or from the input's side, ``eqjax.models.conv_ops.pass_method``): per sweep,
+  one forward and one transposed convolution (as a forward one with the flipped kernel) per pair
+  of conv layers, inside one loop as in a relaxation;
   then EP's weight update: per pair, a forward convolution at each nudged state and a kernel
   gradient, and the input layer's convolution and kernel gradient. Pooling, clipping, the dense
   output and the optimizer are left out.
 
 and the ratios torch / eqjax and eqjax / limit. ``--breakdown`` adds where one relaxation sweep of
-the first net spends its time (each measured in a loop of sweeps, as the relaxation runs).
+the first net spends its time (each measured in a loop of sweeps, as the relaxation runs), and the
+time of each convolution pass of every net in each formulation (XLA's, Winograd's F(2x2) and
+F(4x4), from the input's side).
 
 Timing as in ``make bench``: every case compiled and warmed up, then rounds that time every case
 back to back (a burst of load hits all of a round); medians over rounds. Writes JSON.
@@ -48,7 +52,8 @@ import numpy as np
 import optax
 
 import eqjax
-from eqjax.models.conv_ops import per_example_dot, conv, feedback_kernel, input_gradient, pool, unpool, weight_gradient
+from eqjax.models.conv_ops import (apply_kernel, conv, feedback_kernel, input_gradient, per_example_dot, pool,
+                                   pass_method, prepare_kernel, unpool, weight_gradient)
 from eqjax.phases import Free
 from eqjax.solvers import FixedPoint
 
@@ -140,11 +145,15 @@ class LimitCase:
         total_sweeps = 3 * net["sweeps"]
 
         def sweeps(lowers, kernels):  # forward then transposed, chained so nothing leaves the loop
-            flipped = tuple(feedback_kernel(w) for w in kernels)
+            size = kernels[0].shape[0]
+            methods = pass_method("auto", size, padding), pass_method("auto", size, size - 1 - padding)
+            forward = tuple(prepare_kernel(w, methods[0]) for w in kernels)
+            flipped = tuple(prepare_kernel(feedback_kernel(w), methods[1]) for w in kernels)
 
             def body(_, maps):
-                return tuple(1e-3 * input_gradient(conv(a, w, padding), f, padding)
-                             for a, w, f in zip(maps, kernels, flipped))
+                return tuple(1e-3 * apply_kernel(apply_kernel(a, w, size, padding, methods[0]), f, size,
+                                                 size - 1 - padding, methods[1])
+                             for a, w, f in zip(maps, forward, flipped))
 
             return jax.lax.fori_loop(0, total_sweeps, body, lowers)
 
@@ -171,7 +180,8 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     ``sweeps`` iterations of one loop: the sweep eqjax runs; the same sweep with JAX's own
     reverse-mode rules for the convolutions (the plain energy, as eqjax relaxed conv nets before);
     and its parts alone: the forward convolutions, the transposed ones as JAX emits them and as
-    forward convolutions with flipped kernels, and the max pooling's selection (``unpool``)."""
+    forward convolutions with flipped kernels (all XLA's), and the max pooling's selection
+    (``unpool``)."""
     model, padding = model_of(net), net["padding"]
     params = model.init(jax.random.key(0))
     x = data(net, 1)[0][0]
@@ -226,6 +236,44 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     return timings
 
 
+def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
+    """Milliseconds per pass of each pair of conv layers of ``net``, forward (``k x k`` kernel,
+    padding ``p``) and feedback (the flipped kernel, padding ``k - 1 - p``), in each formulation:
+    XLA's convolution, Winograd's F(2x2) and F(4x4) (:mod:`eqjax.models.winograd`) and from the
+    input's side (``scatter_conv``); kernels prepared outside the loop, as the relaxation does.
+    ``{"HxWxC->C' kKpP": {"forward direct": ms, ...}}``."""
+    from eqjax.models import winograd
+
+    def formulation(method):
+        if method == "winograd-4":
+            return (lambda w: winograd.kernel_transform(w, 4),
+                    lambda a, u, k, pad: winograd.conv(a, u, k, pad, 4))
+        return (lambda w: prepare_kernel(w, method), lambda a, u, k, pad: apply_kernel(a, u, k, pad, method))
+
+    timings = {}
+    for (shape, kernel_shape) in conv_pairs(net):
+        k, pad = kernel_shape[0], net["padding"]
+        a = jax.random.uniform(jax.random.key(0), shape)
+        w = 0.05 * jax.random.normal(jax.random.key(1), kernel_shape)
+        g = conv(a, w, pad)
+        row = {}
+        for direction, (inputs, kernel, padding) in {"forward": (a, w, pad),
+                                                    "feedback": (g, feedback_kernel(w), k - 1 - pad)}.items():
+            for method in ("direct", "winograd", "winograd-4", "scatter"):
+                prepare, apply = formulation(method)
+
+                def run(b, u, apply=apply, padding=padding):
+                    body = lambda _, b: b + 1e-6 * jnp.mean(apply(b, u, k, padding))
+                    return jax.lax.fori_loop(0, sweeps, body, b)
+
+                jitted, u = jax.jit(run), prepare(kernel)
+                wall(lambda: jitted(inputs, u))
+                row[f"{direction} {method}"] = 1e3 * statistics.median(
+                    wall(lambda: jitted(inputs, u)) for _ in range(rounds)) / sweeps
+        timings[f"{'x'.join(map(str, shape[1:]))}->{kernel_shape[-1]} k{k}p{pad}"] = row
+    return timings
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up round")
@@ -270,6 +318,12 @@ def main(argv=None):
         print(f"\nOne free-phase sweep of {name} (batch {NETS[name]['batch']}), ms, in a loop of sweeps:")
         for part, ms in results["sweep_breakdown"]["ms_per_sweep"].items():
             print(f"  {part}: {ms:.1f}")
+        results["pass_formulations"] = {}
+        for net_name in args.nets:
+            results["pass_formulations"][net_name] = pass_formulations(NETS[net_name], args.rounds)
+            print(f"\nOne convolution pass of {net_name} (batch {NETS[net_name]['batch']}), ms, per formulation:")
+            for pair, row in results["pass_formulations"][net_name].items():
+                print(f"  {pair}: " + ", ".join(f"{method} {ms:.2f}" for method, ms in row.items()))
     args.output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.output}")
     return results

@@ -79,8 +79,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.models.base import EnergyModel, default_float
-from eqjax.models.conv_ops import (per_example_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
-                                   pooled_coupling)
+from eqjax.models.conv_ops import (METHODS, per_example_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
+                                   pass_method, pooled_coupling, prepare_kernel)
 
 POOLS = ("max", "avg", "none")
 READOUTS = ("hopfield", "projection")
@@ -107,6 +107,7 @@ class ConvHopfield(EnergyModel):
     output_bounds: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
     gain: float = struct.field(pytree_node=False, default=1.0)
     init_scheme: str = struct.field(pytree_node=False, default="kaiming")
+    conv_method: str = struct.field(pytree_node=False, default="auto")
 
     # --- shapes -----------------------------------------------------------------------------------
 
@@ -192,22 +193,22 @@ class ConvHopfield(EnergyModel):
         :func:`conv_for_parameter_gradients` (the same values)."""
         return pool(convolve(self.images(x), params["weights"][0], self.paddings[0]), self.pools[0], self.pool_size)
 
-    def couplings(self, params: dict, feedback=None):
+    def couplings(self, params: dict, kernels=None):
         """The interaction ``s_k . P_k(W_k * s_{k-1})`` of conv layers ``k - 1`` and ``k`` (``k >= 1``,
         counted from 0 here), as a function ``(k, lower, upper) -> (B,)``.
 
-        With ``feedback`` (the :func:`~eqjax.models.conv_ops.feedback_kernel` of every conv kernel,
-        as :meth:`prepare` makes them) it is :func:`~eqjax.models.conv_ops.pooled_coupling`, whose
-        state derivatives are forward convolutions in every mode of differentiation (the
-        relaxation); without, the plain expression through
-        :func:`~eqjax.models.conv_ops.conv_for_parameter_gradients`, fast in reverse mode only (EP's
-        parameter gradient)."""
+        With ``kernels`` (:meth:`relaxation_kernels`, as :meth:`prepare` makes them) it is
+        :func:`~eqjax.models.conv_ops.pooled_coupling`, whose state derivatives are forward
+        convolutions in every mode of differentiation (the relaxation); without, the plain
+        expression through :func:`~eqjax.models.conv_ops.conv_for_parameter_gradients`, fast in
+        reverse mode only (EP's parameter gradient)."""
         weights = params["weights"]
-        if feedback is None:
+        if kernels is None:
             return lambda k, lower, upper: per_example_dot(upper, pool(conv_for_parameter_gradients(lower, weights[k], self.paddings[k]),
                                                             self.pools[k], self.pool_size))
-        return lambda k, lower, upper: pooled_coupling(lower, upper, weights[k], feedback[k], self.paddings[k],
-                                                       self.pools[k], self.pool_size)
+        methods = self.relaxation_methods
+        return lambda k, lower, upper: pooled_coupling(lower, upper, weights[k], *kernels[k], self.paddings[k],
+                                                       self.pools[k], self.pool_size, methods[k])
 
     def internal_energies(self, params: dict, states: tuple, coupling) -> jax.Array:
         """Per-example energies ``(B,)`` of batched ``states``, without the input term
@@ -231,26 +232,40 @@ class ConvHopfield(EnergyModel):
             return energy + 0.5 * per_example_dot(o - drive, o - drive)
         return energy + 0.5 * per_example_dot(o, o) - per_example_dot(o, drive)
 
-    def feedback_kernels(self, params: dict) -> tuple:
-        """:func:`~eqjax.models.conv_ops.feedback_kernel` of every conv kernel but the first (whose
-        input is clamped; ``None`` in its place)."""
-        return (None,) + tuple(feedback_kernel(w) for w in params["weights"][1:self.num_conv])
+    @property
+    def relaxation_methods(self) -> tuple[tuple[str, str], ...]:
+        """Per conv layer, how the relaxation runs its forward and its feedback convolution
+        (``"direct"``, ``"winograd"`` or ``"scatter"``): ``conv_method`` resolved for each pass by
+        :func:`~eqjax.models.conv_ops.pass_method`. Static."""
+        return tuple((pass_method(self.conv_method, k, p), pass_method(self.conv_method, k, k - 1 - p))
+                     for k, p in zip(self.kernels, self.paddings))
+
+    def relaxation_kernels(self, params: dict) -> tuple:
+        """Per conv layer but the first (whose input is clamped; ``None`` in its place), the pair
+        ``(forward, feedback)`` that :func:`~eqjax.models.conv_ops.pooled_coupling` takes: the
+        kernel and its :func:`~eqjax.models.conv_ops.feedback_kernel`, each prepared for its pass
+        (:func:`~eqjax.models.conv_ops.prepare_kernel`)."""
+        pairs = [None]
+        for w, (forward, feedback) in zip(params["weights"][1:self.num_conv], self.relaxation_methods[1:]):
+            pairs.append((prepare_kernel(w, forward), prepare_kernel(feedback_kernel(w), feedback)))
+        return tuple(pairs)
 
     def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:
         """Internal energy of one example (``x`` ``(H * W * C,)``); a scalar."""
         states, x = tuple(s[None] for s in state), x[None]
-        coupling = self.couplings(params, self.feedback_kernels(params))
+        coupling = self.couplings(params, self.relaxation_kernels(params))
         return (self.internal_energies(params, states, coupling) - per_example_dot(states[0], self.input_field(params, x)))[0]
 
     def prepare(self, params: dict, x: jax.Array) -> dict:
         """For the relaxation of the batch ``x`` ``(B, H * W * C)``: the input field ``P_1(W_1 * x)``
-        and the feedback kernels (computed once for every step and phase), and the parameters."""
-        return {"params": params, "drive": self.input_field(params, x), "feedback": self.feedback_kernels(params)}
+        and the :meth:`relaxation_kernels` (computed once for every step and phase), and the
+        parameters."""
+        return {"params": params, "drive": self.input_field(params, x), "kernels": self.relaxation_kernels(params)}
 
     def relaxation_energy(self, prepared: dict, states: tuple, x: jax.Array) -> jax.Array:
-        """The batch's summed energy from :meth:`prepare`'s input field and feedback kernels."""
+        """The batch's summed energy from :meth:`prepare`'s input field and relaxation kernels."""
         params = prepared["params"]
-        coupling = self.couplings(params, prepared["feedback"])
+        coupling = self.couplings(params, prepared["kernels"])
         return jnp.sum(self.internal_energies(params, states, coupling) - per_example_dot(states[0], prepared["drive"]))
 
     def energy_difference(self, params: dict, state_a: tuple, state_b: tuple, x: jax.Array) -> jax.Array:
@@ -314,7 +329,7 @@ def _ints(name, values, count, minimum):
 
 def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", pool_size: int = 2, dense=(),
                   num_classes: int = 10, readout: str = "hopfield", output_bounds=None, gain: float = 1.0,
-                  init_scheme: str = "kaiming") -> ConvHopfield:
+                  init_scheme: str = "kaiming", conv_method: str = "auto") -> ConvHopfield:
     """A convolutional Hopfield model (see the module docstring).
 
     Args:
@@ -332,6 +347,11 @@ def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", poo
         ``(-inf, inf)`` for linear outputs).
       gain: scale of the weight initialisation (see :meth:`ConvHopfield.init`).
       init_scheme: the weight initialisation's scheme (see :meth:`ConvHopfield.init`).
+      conv_method: how the relaxation runs its convolutions: ``"direct"`` (XLA's convolution),
+        ``"winograd"`` (:mod:`eqjax.models.winograd`), ``"scatter"``
+        (:func:`~eqjax.models.conv_ops.scatter_conv`) or ``"auto"`` (on a CPU the fastest measured
+        for each pass, direct elsewhere: :func:`~eqjax.models.conv_ops.pass_method`). The same
+        values up to float rounding; the parameter gradients always use direct convolutions.
     """
     image_shape = tuple(image_shape)
     if len(image_shape) != 3 or not all(isinstance(n, int) and n > 0 for n in image_shape):
@@ -348,10 +368,10 @@ def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", poo
     _ints("pool_size", pool_size, 1, 1)
     dense = _ints("dense", tuple(dense), len(tuple(dense)), 1)
     _ints("num_classes", num_classes, 1, 1)
-    if readout not in READOUTS:
-        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-    if init_scheme not in INITS:
-        raise ValueError(f"init_scheme must be one of {INITS}, got {init_scheme!r}")
+    for name, value, choices in (("readout", readout, READOUTS), ("init_scheme", init_scheme, INITS),
+                                 ("conv_method", conv_method, METHODS)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     if not gain > 0:
         raise ValueError(f"gain must be positive, got {gain!r}")
     if output_bounds is not None:
@@ -364,4 +384,5 @@ def conv_hopfield(image_shape, channels, kernel=3, padding=1, pooling="max", poo
     layer_shapes(image_shape, channels, kernels, paddings, pools, pool_size, dense, num_classes)  # raises
     return ConvHopfield(image_shape=image_shape, channels=channels, kernels=kernels, paddings=paddings, pools=pools,
                         pool_size=int(pool_size), dense=dense, num_classes=int(num_classes), readout=readout,
-                        output_bounds=output_bounds, gain=float(gain), init_scheme=init_scheme)
+                        output_bounds=output_bounds, gain=float(gain), init_scheme=init_scheme,
+                        conv_method=conv_method)

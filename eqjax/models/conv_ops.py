@@ -20,6 +20,12 @@ PyTorch"); and every relaxation step and training step runs inside a loop. So
   transposing a convolution. Forward mode, higher derivatives and ``vmap`` work as for any JAX
   function; :func:`conv_for_parameter_gradients` does the same for reverse-mode parameter
   gradients.
+
+The relaxation's two convolutions per pair of layers (the forward one and the feedback one) each
+run as XLA's convolution (``"direct"``), by Winograd's algorithm (``"winograd"``,
+:mod:`eqjax.models.winograd`: 2.25x fewer products for 3x3 kernels) or from the input's side
+(``"scatter"``, :func:`scatter_conv`: no products with padding zeros); :func:`pass_method`
+chooses, and :func:`prepare_kernel` transforms a kernel once per batch for the chosen method.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from eqjax.models import winograd
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+METHODS = ("auto", "direct", "winograd", "scatter")
+WINOGRAD_KERNELS = (3, 5)
 
 
 def conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
@@ -52,6 +62,59 @@ def input_gradient(g: jax.Array, w_flipped: jax.Array, padding: int) -> jax.Arra
     ``(B, H, W, C_in)``, as the forward convolution ``conv(g, feedback_kernel(w), k - 1 - padding)``
     (a negative padding crops). ``w_flipped`` is :func:`feedback_kernel` of ``w``."""
     return conv(g, w_flipped, w_flipped.shape[0] - 1 - padding)
+
+
+def scatter_conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """``conv(a, w, padding)`` written from the input's side: every input
+    position's products with all ``k x k`` kernel taps as one matrix product ``(B H W, C_in) x
+    (C_in, k k C_out)``, then the taps added into place (shifted slices that XLA fuses). Its work
+    grows with the input's size, the direct convolution's with the output's: cheaper when the
+    padding makes the output larger than the input (``2 padding > k - 1``), as in the feedback pass
+    of a layer without padding, which multiplies ``k - 1`` rings of zeros otherwise."""
+    k, _, c_in, c_out = w.shape
+    batch, height, width, _ = a.shape
+    taps = jnp.einsum("nc,tco->tno", a.reshape(-1, c_in), w.reshape(k * k, c_in, c_out).astype(a.dtype))
+    taps = taps.reshape(k, k, batch, height, width, c_out)  # each tap's products contiguous
+    rows = [sum(jnp.pad(taps[i, j], ((0, 0), (0, 0), (k - 1 - j, j), (0, 0))) for j in range(k)) for i in range(k)]
+    full = sum(jnp.pad(row, ((0, 0), (k - 1 - i, i), (0, 0), (0, 0))) for i, row in enumerate(rows))
+    crop = k - 1 - padding
+    if crop < 0:
+        full, crop = jnp.pad(full, ((0, 0), (-crop, -crop), (-crop, -crop), (0, 0))), 0
+    return full[:, crop: crop + height + 2 * padding - k + 1, crop: crop + width + 2 * padding - k + 1]
+
+
+def pass_method(method: str, kernel: int, padding: int) -> str:
+    """How one convolution pass of the relaxation runs (``"direct"``, ``"winograd"`` or
+    ``"scatter"``) for a ``kernel x kernel`` kernel and ``padding`` (that of the pass: ``k - 1 - p``
+    for a feedback pass). ``method`` is the model's ``conv_method``: ``"direct"`` or
+    ``"winograd"`` or ``"scatter"`` are taken as they are; ``"auto"`` is ``"direct"`` off a CPU (on a GPU cuDNN picks its own algorithm) and on a CPU
+    :func:`scatter_conv` when the output is larger than the input (``2 padding > k - 1``), Winograd
+    for the kernels of :data:`WINOGRAD_KERNELS`, direct otherwise: the fastest of the three at the
+    shapes measured (BENCHMARKS.md). Static: called while tracing."""
+    if method not in METHODS:
+        raise ValueError(f"conv method must be one of {METHODS}, got {method!r}")
+    if method != "auto" or jax.default_backend() != "cpu":
+        return "direct" if method == "auto" else method
+    if 2 * padding > kernel - 1:
+        return "scatter"
+    return "winograd" if kernel in WINOGRAD_KERNELS else "direct"
+
+
+def prepare_kernel(w: jax.Array, method: str) -> jax.Array:
+    """``w`` ``(k, k, C_in, C_out)`` as :func:`apply_kernel` takes it for ``method`` (``"direct"``
+    and ``"scatter"``: unchanged; ``"winograd"``: :func:`eqjax.models.winograd.kernel_transform`,
+    ``(k + 1, k + 1, C_in, C_out)``). Linear in ``w``."""
+    return winograd.kernel_transform(w) if method == "winograd" else w
+
+
+def apply_kernel(a: jax.Array, prepared: jax.Array, kernel: int, padding: int, method: str) -> jax.Array:
+    """``conv(a, w, padding)`` from ``prepared = prepare_kernel(w, method)``; ``kernel``, ``padding``
+    (a negative value crops) and ``method`` are static."""
+    if method == "winograd":
+        return winograd.conv(a, prepared, kernel, padding)
+    if method == "scatter":
+        return scatter_conv(a, prepared, padding)
+    return conv(a, prepared, padding)
 
 
 def weight_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> jax.Array:
@@ -125,26 +188,30 @@ def per_example_dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.sum((a * b).reshape(a.shape[0], -1), axis=1)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6))
-def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, w_flipped: jax.Array, padding: int,
-                    kind: str, size: int) -> jax.Array:
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7, 8))
+def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, forward: jax.Array, feedback: jax.Array,
+                    padding: int, kind: str, size: int, methods: tuple[str, str]) -> jax.Array:
     """``upper . pool(conv(lower, w, padding))`` per example, ``(B,)``: the interaction of two conv
     layers in the energy (``lower`` ``(B, H, W, C_in)``, ``upper`` the pooled map ``(B, H', W',
-    C_out)``). ``w_flipped`` must be :func:`feedback_kernel` of ``w`` (the value does not use it;
-    its derivative does); ``padding``, ``kind`` and ``size`` are static.
+    C_out)``). With ``methods = (forward_method, feedback_method)`` (each ``"direct"``,
+    ``"winograd"`` or ``"scatter"``: :func:`pass_method`), ``forward`` must be
+    ``prepare_kernel(w, forward_method)`` and ``feedback`` ``prepare_kernel(feedback_kernel(w),
+    feedback_method)``: the value and the state derivatives use them, the parameter derivative
+    uses ``w``. ``padding``, ``kind``, ``size`` and ``methods`` are static.
 
     Derivatives (forward-mode rule; reverse mode transposes it): with ``z = conv(lower, w)``,
     ``d/d upper = pool(z)``, ``d/d lower = input_gradient(unpool(upper, z), w_flipped)`` and ``d/d w``
     the contraction of ``unpool(upper, z)`` with ``conv(lower, dw)``; a symbolic-zero tangent (an
     argument not being differentiated, e.g. the layers a half-sweep holds fixed) skips its term.
     """
-    return per_example_dot(upper, pool(conv(lower, w, padding), kind, size))
+    return per_example_dot(upper, pool(apply_kernel(lower, forward, w.shape[0], padding, methods[0]), kind, size))
 
 
-def _pooled_coupling_jvp(padding, kind, size, primals, tangents):
-    lower, upper, w, w_flipped = primals
-    d_lower, d_upper, d_w, _ = tangents  # the value does not depend on w_flipped
-    z = conv(lower, w, padding)
+def _pooled_coupling_jvp(padding, kind, size, methods, primals, tangents):
+    lower, upper, w, forward, feedback = primals
+    d_lower, d_upper, d_w, _, _ = tangents  # the value depends on forward and feedback only through w
+    kernel = w.shape[0]
+    z = apply_kernel(lower, forward, kernel, padding, methods[0])
     pooled = pool(z, kind, size)
     out = per_example_dot(upper, pooled)
     tangent = jnp.zeros_like(out)
@@ -153,7 +220,8 @@ def _pooled_coupling_jvp(padding, kind, size, primals, tangents):
     if not isinstance(d_lower, SymbolicZero) or not isinstance(d_w, SymbolicZero):
         spread = unpool(upper, z, kind, size)
         if not isinstance(d_lower, SymbolicZero):
-            tangent = tangent + per_example_dot(d_lower, input_gradient(spread, w_flipped.astype(spread.dtype), padding))
+            field = apply_kernel(spread, feedback.astype(spread.dtype), kernel, kernel - 1 - padding, methods[1])
+            tangent = tangent + per_example_dot(d_lower, field)
         if not isinstance(d_w, SymbolicZero):
             tangent = tangent + per_example_dot(spread, conv(lower, d_w, padding))
     return out, tangent

@@ -1,0 +1,104 @@
+"""Stride-1 convolutions by Winograd's minimal filtering (Lavin and Gray 2016, "Fast algorithms for
+convolutional neural networks", after Winograd 1980 and Toom-Cook): fewer multiplications than
+the direct convolution, the same values up to float rounding.
+
+``F(m x m, r x r)`` computes each ``m x m`` tile of the output of an ``r x r`` kernel from an ``n x
+n`` tile of the input (``n = m + r - 1``)::
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise, per input and output channel)
+
+so one output tile costs ``n^2`` products per channel pair instead of ``m^2 r^2``: with ``m = 2``,
+16 instead of 36 for a 3x3 kernel (2.25x fewer) and 36 instead of 100 for a 5x5 kernel. Over a
+batch the ``n^2`` elementwise products become ``n^2`` matrix products ``(tiles, C_in) x (C_in,
+C_out)``, and the transforms ``B^T d B`` and ``A^T M A`` are sums of shifted slices that XLA fuses.
+
+The matrices come from the Toom-Cook construction with the interpolation points ``0, 1, -1, 2,
+-2, ...`` and infinity: ``A`` and ``G`` evaluate polynomials of degree ``m - 1`` and ``r - 1`` at
+the points, ``B^T`` is the transpose of the inverse of the degree-``n - 1`` evaluation matrix
+(the correlation is the transpose of the polynomial product). Only ``m = 2`` is used
+(:data:`TILE`): on a 2-core CPU larger tiles were slower at the shapes of the convolutional nets,
+their transforms costing more than the products they save (BENCHMARKS.md, "Convolutional EP
+against PyTorch").
+
+Layouts as in :mod:`eqjax.models.conv_ops`: maps NHWC ``(B, H, W, C)``, kernels HWIO ``(r, r,
+C_in, C_out)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TILE = 2
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0)
+
+
+@functools.lru_cache(maxsize=None)
+def matrices(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T, G, B^T)`` of ``F(m, r)`` in float64: ``(m, n)``, ``(n, r)``, ``(n, n)`` with ``n = m + r
+    - 1`` (at most 10)."""
+    n = m + r - 1
+    if not (m >= 1 and r >= 1 and n - 1 <= len(_POINTS)):
+        raise ValueError(f"F({m}, {r}) needs {n - 1} interpolation points; at most {len(_POINTS)} are defined")
+    points = np.array(_POINTS[: n - 1])
+
+    def evaluation(degree):  # rows: the points, then infinity (the leading coefficient)
+        rows = points[:, None] ** np.arange(degree)[None, :]
+        return np.vstack([rows, np.eye(degree)[-1]])
+
+    return evaluation(m).T, evaluation(r), np.linalg.inv(evaluation(n)).T
+
+
+def kernel_transform(w: jax.Array, m: int = TILE) -> jax.Array:
+    """``G w G^T`` for every channel pair of ``w`` ``(r, r, C_in, C_out)``: ``(n, n, C_in, C_out)``,
+    what :func:`conv` takes. Linear in ``w``; compute it once per set of weights."""
+    _, g, _ = matrices(m, w.shape[0])
+    g = jnp.asarray(g, w.dtype)
+    return jnp.einsum("ai,ijco,bj->abco", g, w, g)
+
+
+def _combine(coefficients, terms):
+    """``sum_i c_i terms[i]`` with the zero coefficients skipped and +-1 as additions."""
+    total = None
+    for c, term in zip(coefficients, terms):
+        if c == 0:
+            continue
+        term = term if c == 1 else -term if c == -1 else float(c) * term
+        total = term if total is None else total + term
+    return jnp.zeros_like(terms[0]) if total is None else total
+
+
+def _pad_or_crop(a, rows, columns):
+    """Zero-pad the two spatial axes of ``a`` by ``rows = (top, bottom)`` and ``columns = (left,
+    right)``; a negative amount crops."""
+    (top, bottom), (left, right) = rows, columns
+    a = a[:, max(-top, 0): a.shape[1] - max(-bottom, 0), max(-left, 0): a.shape[2] - max(-right, 0)]
+    return jnp.pad(a, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
+
+
+def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE) -> jax.Array:
+    """The stride-1 convolution of ``a`` ``(B, H, W, C_in)`` with an ``r x r`` kernel ``w`` (``kernel``
+    = ``r``, static) and ``padding`` (static; a negative value crops) zeros on each side, from ``u
+    = kernel_transform(w)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
+    :func:`eqjax.models.conv_ops.conv` up to float rounding."""
+    at, _, bt = matrices(m, kernel)
+    n = m + kernel - 1
+    batch, height, width, channels = a.shape
+    out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
+    tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
+    a = _pad_or_crop(a, (padding, padding + m * tiles_h - out_h), (padding, padding + m * tiles_w - out_w))
+    a = jax.lax.optimization_barrier(a)
+    d = [[a[:, i: i + m * tiles_h: m, j: j + m * tiles_w: m] for j in range(n)] for i in range(n)]
+    rows = [[_combine(bt[p], [d[i][j] for i in range(n)]) for j in range(n)] for p in range(n)]
+    v = jnp.stack([_combine(bt[q], rows[p]) for p in range(n) for q in range(n)])
+    v = jax.lax.optimization_barrier(v.reshape(n * n, batch * tiles_h * tiles_w, channels))
+    out_channels = u.shape[-1]
+    products = jax.lax.dot_general(v, u.reshape(n * n, channels, out_channels).astype(a.dtype),
+                                   (((2,), (1,)), ((0,), (0,))))
+    products = products.reshape(n, n, batch, tiles_h, tiles_w, out_channels)
+    rows = [[_combine(at[p], [products[i, j] for i in range(n)]) for j in range(n)] for p in range(m)]
+    y = jnp.stack([jnp.stack([_combine(at[q], rows[p]) for q in range(m)], axis=3) for p in range(m)], axis=2)
+    return jax.lax.optimization_barrier(y.reshape(batch, m * tiles_h, m * tiles_w, out_channels)[:, :out_h, :out_w])
