@@ -177,7 +177,8 @@ class LimitCase:
 
 def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     """Milliseconds per relaxation sweep (free phase, batch and shapes of ``net``), each measured as
-    ``sweeps`` iterations of one loop: the sweep eqjax runs; the same sweep with JAX's own
+    ``sweeps`` iterations of one loop: the sweep eqjax runs; the same with XLA's convolutions for
+    every pass (``conv_method="direct"``); the same sweep with JAX's own
     reverse-mode rules for the convolutions (the plain energy, as eqjax relaxed conv nets before);
     and its parts alone: the forward convolutions, the transposed ones as JAX emits them and as
     forward convolutions with flipped kernels (all XLA's), and the max pooling's selection
@@ -189,16 +190,16 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     cost, solver = eqjax.costs.squared_error(), FixedPoint(tol=0.0, max_steps=1)
     plain = lambda k, lower, upper: per_example_dot(upper, pool(conv(lower, params["weights"][k], padding), "max", 2))
 
-    def relaxation(energy):
+    def relaxation(energy, model=model):
         def run(params, x, state):
             prepared = model.prepare(params, x)
-            F = energy(prepared)
+            F = energy(prepared, model)
             return jax.lax.fori_loop(0, sweeps, lambda _, s: solver.step(F, s, None, model.bounds)[0], state)
 
         return run
 
-    eqjax_energy = lambda prepared: eqjax.total_energy(model, cost, Free(), prepared, x, None)
-    plain_energy = lambda prepared: lambda s: jnp.sum(model.internal_energies(prepared["params"], s, plain)
+    eqjax_energy = lambda prepared, model: eqjax.total_energy(model, cost, Free(), prepared, x, None)
+    plain_energy = lambda prepared, model: lambda s: jnp.sum(model.internal_energies(prepared["params"], s, plain)
                                                       - per_example_dot(s[0], prepared["drive"]))
     pairs = conv_pairs(net)
     lowers = tuple(jax.random.uniform(jax.random.key(4), shape) for shape, _ in pairs)
@@ -219,6 +220,8 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
 
     cases = {
         "eqjax sweep": (relaxation(eqjax_energy), (params, x, state)),
+        "eqjax sweep with XLA's convolutions": (relaxation(eqjax_energy, model.replace(conv_method="direct")),
+                                                (params, x, state)),
         "sweep through JAX's conv transposes": (relaxation(plain_energy), (params, x, state)),
         "forward convolutions": (each_pair(lambda a, w, z: conv(a, w, padding)), (lowers, kernels, outputs)),
         "transposed convolutions (JAX's transpose)": (each_pair(jax_transpose), (lowers, kernels, outputs)),

@@ -26,9 +26,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eqjax._checks import check_model
+from eqjax._distributed import put_global, to_host
 from eqjax._api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax._train import apply_update
+
+__all__ = ["BATCH", "batch_mesh", "put_global", "shard_batch", "sharded_estimate", "sharded_train_step", "to_host"]
 
 BATCH = "batch"  # the mesh axis the examples are sharded over
 

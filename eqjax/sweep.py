@@ -36,6 +36,8 @@ from flax import struct
 from jax.extend import core as jax_core
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from eqjax._distributed import put_global, to_host
+
 MEMBERS = "members"  # the mesh axis the members are sharded over
 
 
@@ -121,26 +123,6 @@ class SweepResult:
             raise ValueError("no member of the sweep finished with finite outputs")
         ranked = np.where(usable, values if mode == "min" else -values, np.inf)
         return int(np.argmin(ranked))
-
-
-def _to_host(tree):
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(tree, tiled=True)
-    return jax.tree.map(np.asarray, tree)
-
-
-def _replicate(leaf, sharding):
-    """``leaf`` on every device of ``sharding`` (also devices of other processes, from this
-    process's copy: every process passes the same values)."""
-    if jax.process_count() == 1:
-        return jax.device_put(leaf, sharding)
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        data = _replicate(jax.random.key_data(leaf), sharding)
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-    host = np.asarray(leaf)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 CPU_CACHE_BYTES = 8 * 2**20  # per device: the loop state of the members vmapped together on a CPU
@@ -258,7 +240,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
         raise ValueError(f"members_per_call must be a positive int, got {members_per_call!r}")
     per_call = math.ceil(min(per_call, count) / len(devices)) * len(devices)
     spread, replicated = NamedSharding(mesh, PartitionSpec(MEMBERS)), NamedSharding(mesh, PartitionSpec())
-    shared = jax.tree.map(lambda leaf: _replicate(leaf, replicated), args)
+    shared = put_global(args, replicated)
     if vectorize is not None and (isinstance(vectorize, bool) or not isinstance(vectorize, int) or vectorize < 1):
         raise ValueError(f"vectorize must be a positive int or None, got {vectorize!r}")
     compiled = _program(fn, len(args), mesh, _group_size(vectorize, devices, fn, grid, args, per_call // len(devices)))
@@ -267,7 +249,7 @@ def run(fn: Callable, grid: dict, *args, devices=None, members_per_call: int | N
         rows = np.minimum(np.arange(start, start + per_call), count - 1)  # pad with the last member
         chunk = {name: jax.make_array_from_callback((per_call,), spread, lambda index, v=values[rows]: v[index])
                  for name, values in grid.items()}
-        outputs = _to_host(compiled(chunk, *shared))
+        outputs = to_host(compiled(chunk, *shared))
         kept = min(per_call, count - start)
         pieces.append(jax.tree.map(lambda leaf: leaf[:kept], outputs))
         if on_call is not None:

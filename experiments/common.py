@@ -1,13 +1,15 @@
 """What the programs of ``experiments/`` share, written once: a run's config from a named config
 and ``--set`` overrides, its data splits and augmentation, the epochs' data order, the
-evaluation's solver, and the gradient-check problem of the bias and noise studies.
+evaluation's solver, the gradient-check problem of the bias and noise studies, and the options
+that start several processes (``jax.distributed``).
 
-The programs (``train``, ``sweep``, ``rules``, ``backprop``, ``eval_budget``, ``devices``,
+The programs (``train``, ``sweep``, ``rules``, ``backprop``, ``eval_budget``, ``memristors``,
 ``bias``, ``noise``) import this module, ``configs``, ``runfiles`` and ``splits``; never each other.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import jax
@@ -17,6 +19,40 @@ import numpy as np
 import eqjax
 from experiments import configs
 from experiments.splits import load_split
+
+DISTRIBUTED = ("coordinator", "num_processes", "process_id", "distributed", "heartbeat_seconds")
+
+
+def add_distributed_options(parser):
+    """The options of a program that runs on several processes (one command per host)."""
+    group = parser.add_argument_group(
+        "several processes (jax.distributed; one command per host, the same arguments but --process-id)")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    group.add_argument("--num-processes", type=int, help="number of processes")
+    group.add_argument("--process-id", type=int, help="this process's index, 0 to num-processes - 1")
+    group.add_argument("--distributed", action="store_true",
+                       help="initialise from the cluster's environment (SLURM, TPU pods, ...)")
+    group.add_argument("--heartbeat-seconds", type=int, default=30, help=argparse.SUPPRESS)
+
+
+def start_distributed(args) -> bool:
+    """``jax.distributed.initialize`` when asked (CPU collectives over gloo); returns whether this
+    process writes the results (process 0 only). Must run before anything touches a JAX device.
+    A process that stops makes the others stop too once its heartbeats are missing for
+    ``--heartbeat-seconds`` (30; JAX's own default is 100), instead of waiting in a collective."""
+    if args.coordinator or args.distributed:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        timeouts = dict(heartbeat_timeout_seconds=args.heartbeat_seconds)
+        if args.coordinator:
+            if args.num_processes is None or args.process_id is None:
+                raise SystemExit("--coordinator needs --num-processes and --process-id")
+            if not 0 <= args.process_id < args.num_processes:
+                raise SystemExit(f"--process-id must be between 0 and {args.num_processes - 1}, got {args.process_id}")
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id, **timeouts)
+        else:
+            jax.distributed.initialize(**timeouts)
+    return jax.process_index() == 0
+
 
 JSON_HINT = "e.g. 0.1, true, [0.1, 0.05], \"centered\" or the bare word centered"
 

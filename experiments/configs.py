@@ -15,7 +15,7 @@ import eqjax
 OPTIONAL = ("estimator", "eta", "num_phases", "init_scheme", "linear_output", "nudged_steps", "eval_steps",
             "warm_start", "persistent", "random_sign", "check_every", "history", "mixing", "temperature",
             "anneal", "step_size", "standardise", "crop_padding", "flip", "momentum", "weight_decay",
-            "schedule", "schedule_epochs")
+            "schedule", "schedule_epochs", "conv_method")
 CONFIGS = {
     # Scellier et al. 2023/2024 deep Hopfield networks, with the settings of their code: hard-
     # sigmoid hidden units in [0, 1], linear output units, weights U(-a, a) with a = 0.7/sqrt(fan_in)
@@ -158,6 +158,7 @@ RULES = {
     "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+    "conv_method": (lambda v: v in eqjax.models.conv_ops.METHODS, f"one of {eqjax.models.conv_ops.METHODS}"),
     "crop_padding": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
     "gain": (lambda v: _number(v) and v > 0, "a number > 0"),
     "input_gain": (lambda v: _number(v) and v > 0, "a number > 0"),
@@ -187,7 +188,7 @@ def conv_model(config: dict):
         pooling=config["pooling"] if isinstance(config["pooling"], str) else tuple(config["pooling"]),
         dense=tuple(sizes[1 + count:-1]), readout=config["readout"], gain=config["gain"],
         output_bounds=(-jnp.inf, jnp.inf) if config.get("linear_output", False) else None,
-        init_scheme=config.get("init_scheme", "kaiming"))
+        init_scheme=config.get("init_scheme", "kaiming"), conv_method=config.get("conv_method", "auto"))
 
 
 def validate(config: dict) -> None:

@@ -59,31 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--data-dir", help="directory with IDX files (else $EQJAX_DATA, packaged copies)")
     parser.add_argument("--resume", type=Path, help="sweep directory to continue")
-    distributed = parser.add_argument_group(
-        "several processes (jax.distributed; one command per host, the same arguments but --process-id)")
-    distributed.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
-    distributed.add_argument("--num-processes", type=int, help="number of processes")
-    distributed.add_argument("--process-id", type=int, help="this process's index, 0 to num-processes - 1")
-    distributed.add_argument("--distributed", action="store_true",
-                             help="initialise from the cluster's environment (SLURM, TPU pods, ...)")
+    common.add_distributed_options(parser)
     return parser.parse_args(argv)
-
-
-DISTRIBUTED = ("coordinator", "num_processes", "process_id", "distributed")
-
-
-def start_distributed(args) -> bool:
-    """``jax.distributed.initialize`` when asked; returns whether this process writes the results
-    (process 0 only). Must run before anything touches a JAX device."""
-    if args.coordinator or args.distributed:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-        if args.coordinator:
-            if args.num_processes is None or args.process_id is None:
-                raise SystemExit("--coordinator needs --num-processes and --process-id")
-            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-        else:
-            jax.distributed.initialize()
-    return jax.process_index() == 0
 
 
 def parse_grid(items) -> dict:
@@ -115,7 +92,7 @@ def resumed_plan(args) -> sweeping.SweepPlan:
     if not (run_dir / "sweep.json").exists():
         raise SystemExit(f"--resume {run_dir}: no sweep.json there (not a sweep directory)")
     defaults = vars(parse_args(["--resume", str(run_dir)]))
-    changed = [k for k, v in vars(args).items() if k not in DISTRIBUTED + ("resume", "data_dir") and v != defaults[k]]
+    changed = [k for k, v in vars(args).items() if k not in common.DISTRIBUTED + ("resume", "data_dir") and v != defaults[k]]
     if changed:
         raise SystemExit(f"--resume continues {run_dir} with its own settings; "
                          f"{', '.join('--' + k.replace('_', '-') for k in changed)} cannot change "
@@ -134,7 +111,7 @@ def main(argv=None):
     """Run (or resume) the sweep a command line asks for; returns its directory (``None`` on
     processes other than the first)."""
     args = parse_args(argv)
-    primary = start_distributed(args)
+    primary = common.start_distributed(args)
     plan = resumed_plan(args) if args.resume else plan_from_args(args)
     base = sweeping.check(plan)  # before anything is written
     run_dir = args.resume

@@ -17,19 +17,32 @@ would change the run (only --epochs, --checkpoint-seconds, --data-dir and --devi
 
 Every batch is sharded over all the devices JAX sees (--devices N for fewer): parameters
 replicated, gradients averaged (eqjax.parallel); one CPU or GPU runs the plain step.
+
+Several processes (one or more devices each, e.g. one per host): run the same command on every
+host with --coordinator HOST0:PORT --num-processes N --process-id I (or --distributed where JAX
+finds the cluster itself, e.g. under SLURM). Every batch is sharded over every device of every
+process; process 0 alone writes the run directory and shows progress; --resume needs the run
+directory on a file system every process sees, and may resume with another number of processes.
+A process that stops makes the others stop with an error (the checkpoint keeps the last saved
+state).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 import eqjax
@@ -69,7 +82,14 @@ def parse_args(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config entry, VALUE in JSON (e.g. --set warm_start=false)")
     parser.add_argument("--stop-after-chunks", type=int, help=argparse.SUPPRESS)  # for resume tests
+    common.add_distributed_options(parser)
     return parser.parse_args(argv)
+
+
+def say(*args):
+    """``print`` on process 0 only (every process runs the same loop)."""
+    if jax.process_index() == 0:
+        print(*args)
 
 
 def check_options(args):
@@ -89,6 +109,9 @@ def check_options(args):
     for name, value, ok, what in rules:
         if value is not None and not ok(value):
             raise SystemExit(f"--{name} must be {what}, got {value}")
+    if args.devices is not None and jax.process_count() > 1:
+        raise SystemExit("--devices picks devices of one process; with several processes every device of every "
+                         "process trains")
     if args.resume:
         given = [name for name in RUN_OPTIONS if getattr(args, name) is not None] + (["set"] if args.set else [])
         if given:
@@ -194,7 +217,7 @@ def early_stop(config: dict, epochs_done: list) -> bool:
     best = min(epochs_done, key=lambda r: r["validation_error"])
     if epochs_done[-1]["epoch"] - best["epoch"] < config["patience"]:
         return False
-    print(f"early stop: no better validation error for {config['patience']} epochs; best epoch {best['epoch']} "
+    say(f"early stop: no better validation error for {config['patience']} epochs; best epoch {best['epoch']} "
           f"(validation {100 * best['validation_error']:.2f}%, test {100 * best['test_error']:.2f}%), its "
           "parameters in best.msgpack")
     return True
@@ -220,10 +243,45 @@ class Training:
         self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
         self.augment = common.augmentation(config)
         self.chunks_done, self.last_save = 0, time.monotonic()
+        self.records = []  # the run's metrics records, as metrics.jsonl holds them
+        self.primary, self.multi = jax.process_index() == 0, jax.process_count() > 1
+        self.replicated = NamedSharding(eqjax.parallel.batch_mesh(devices), PartitionSpec()) if self.multi else None
 
-    def use_directory(self, run_dir: Path):
-        """Write this run's files into ``run_dir``."""
-        self.run_dir, self.checkpoint, self.metrics_path = run_dir, run_dir / "checkpoint.msgpack", run_dir / "metrics.jsonl"
+    def use_directory(self, run_dir: Path | None):
+        """Write this run's files into ``run_dir`` (``None``: a process other than the first, on a
+        new run: it writes nothing)."""
+        self.run_dir = run_dir
+        self.checkpoint = run_dir and run_dir / "checkpoint.msgpack"
+        self.metrics_path = run_dir and run_dir / "metrics.jsonl"
+
+    # --- several processes: arrays on every process's devices, one writer -------------------------
+
+    def to_devices(self, tree):
+        """``tree`` as the compiled chunk takes it: unchanged with one process; with several,
+        replicated on every device of every process (each process gives the same values)."""
+        return eqjax.parallel.put_global(tree, self.replicated) if self.multi else tree
+
+    def local(self, replicated_tree):
+        """This process's copy of replicated arrays (the evaluation runs on each process alone)."""
+        return jax.tree.map(lambda a: a.addressable_data(0), replicated_tree) if self.multi else replicated_tree
+
+    def to_host(self, tree):
+        """NumPy copies to write; with several processes every process calls this together."""
+        return eqjax.parallel.to_host(tree) if self.multi else tree
+
+    def agreed(self, flag: bool) -> bool:
+        """Process 0's ``flag`` on every process (e.g. whether a checkpoint is due by its clock)."""
+        if not self.multi:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+    def write(self, log, record: dict):
+        """Append ``record`` to the run's records and to ``log``."""
+        self.records.append(record)
+        log.write(runfiles.strict_json(record) + "\n")
+        log.flush()
 
     def preflight(self):
         """Trace one training batch with abstract values (nothing runs): whatever the config gets
@@ -250,13 +308,14 @@ class Training:
             restored = runfiles.load_checkpoint(self.checkpoint, target)
             params, opt_state, state = restored["params"], restored["opt_state"], restored["state"]
             position = {k: int(v) for k, v in restored["position"].items()}
-            print(f"resuming {self.run_dir} at epoch {position['epoch']}, batch {position['batch']}")
-        return params, opt_state, state, position
+            say(f"resuming {self.run_dir} at epoch {position['epoch']}, batch {position['batch']}")
+        return (*self.to_devices((params, opt_state, state)), position)
 
     def save(self, carry, position):
-        params, opt_state, state = carry
-        runfiles.save_checkpoint(self.checkpoint, {"params": params, "opt_state": opt_state, "state": state,
-                                                   "position": position})
+        params, opt_state, state = self.to_host(carry)
+        if self.primary:
+            runfiles.save_checkpoint(self.checkpoint, {"params": params, "opt_state": opt_state, "state": state,
+                                                       "position": position})
         self.last_save = time.monotonic()
 
     def run_chunk(self, carry, epoch, order, first, last, log, bar):
@@ -268,21 +327,21 @@ class Training:
         xs = self.data["x"][idx]
         if self.augment is not None:
             xs = self.augment(xs, jax.random.fold_in(self.augment_key, first + epoch * batches))
-        params, opt_state, state, metrics = self.chunk_fn(*carry, self.solver, self.estimator, xs,
-                                                          self.data["y"][idx], idx, keys)
-        summary = {k: float(jnp.mean(v)) for k, v in metrics.items()}
+        params, opt_state, state, metrics = self.chunk_fn(*carry, self.solver, self.estimator,
+                                                          *self.to_devices((xs, self.data["y"][idx], idx, keys)))
+        summary = {k: float(np.mean(np.asarray(v, np.float64))) for k, v in self.to_host(metrics).items()}
         record = {"kind": "chunk", "epoch": epoch, "batch_start": first, "batch_end": last,
                   "progress": epoch + last / batches, "train_loss": summary["loss"],
                   "train_error": 1 - summary["accuracy"],
                   **{k: v for k, v in summary.items() if k not in ("loss", "accuracy")}}
-        finite = np.isfinite(summary["loss"]) and all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params))
+        finite = np.isfinite(summary["loss"]) and all(bool(jnp.isfinite(p).all())
+                                                      for p in jax.tree.leaves(self.local(params)))
         # the log line first: a resume restarts from the last save and drops the lines written
         # after it, so no line is lost or repeated
-        log.write(runfiles.strict_json(record) + "\n")
-        log.flush()
+        self.write(log, record)
         if not finite:
             bar.close()
-            kept = (f"{self.checkpoint} keeps the last good state" if self.checkpoint.exists() else
+            kept = (f"{self.checkpoint} keeps the last good state" if self.checkpoint and self.checkpoint.exists() else
                     "no checkpoint was written yet (it diverged before the first one)")
             raise SystemExit(f"training diverged in epoch {epoch + 1}, batches {first}-{last}: the loss is "
                              f"{summary['loss']} ({100 * summary.get('free_nonfinite', 0):.0f}% of relaxations "
@@ -291,7 +350,7 @@ class Training:
         carry, position = (params, opt_state, state), {"epoch": epoch, "batch": last}
         self.chunks_done += 1
         stopping = bool(self.args.stop_after_chunks) and self.chunks_done >= self.args.stop_after_chunks
-        if stopping or time.monotonic() - self.last_save >= self.args.checkpoint_seconds:
+        if stopping or self.agreed(time.monotonic() - self.last_save >= self.args.checkpoint_seconds):
             self.save(carry, position)
         bar.update(last - first)
         bar.set_postfix(loss=f"{summary['loss']:.4f}", err=f"{100 * record['train_error']:.2f}%",
@@ -301,7 +360,8 @@ class Training:
     def error(self, params, x, y, key) -> tuple[float, float]:
         """``(error, converged)`` of the free phase on ``(x, y)`` with the evaluation's solver
         (:func:`eqjax.error_rate`, 2000 examples at a time)."""
-        result = eqjax.error_rate(self.model, self.cost, self.eval_solver, params, x, y, key, batch_size=2000)
+        result = eqjax.error_rate(self.model, self.cost, self.eval_solver, self.local(params), x, y, key,
+                                  batch_size=2000)
         return float(result["error"]), float(result["converged"])
 
     def end_epoch(self, carry, epoch, seconds, log) -> bool:
@@ -309,7 +369,7 @@ class Training:
         params = carry[0]
         key = jax.random.fold_in(self.eval_key, epoch)
         error, converged = self.error(params, self.data["x_test"], self.data["y_test"], jax.random.fold_in(key, 0))
-        chunks = [r for r in read_records(self.metrics_path) if r["kind"] == "chunk" and r["epoch"] == epoch]
+        chunks = [r for r in self.records if r["kind"] == "chunk" and r["epoch"] == epoch]
         train_error = float(np.mean([r["train_error"] for r in chunks]))
         record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
                   "test_converged": converged, "epoch_seconds": seconds}
@@ -318,45 +378,46 @@ class Training:
             record["validation_error"], record["validation_converged"] = self.error(
                 params, self.data["x_val"], self.data["y_val"], jax.random.fold_in(key, 1))
             validation = f", validation error {100 * record['validation_error']:.2f}%"
-        log.write(runfiles.strict_json(record) + "\n")
-        log.flush()
-        print(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
+        self.write(log, record)
+        say(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
               f"{100 * error:.2f}% ({100 * converged:.1f}% converged), {seconds:.1f} s")
         chance = 1 - 1 / self.model.num_outputs
         if error >= chance - 0.05:
-            print(f"warning: the test error {100 * error:.1f}% is at chance level ({100 * chance:.0f}%): the run is "
+            say(f"warning: the test error {100 * error:.1f}% is at chance level ({100 * chance:.0f}%): the run is "
                   "not learning (a learning rate too large or too small?)")
         if converged < CONVERGED_WARNING:
-            print(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
+            say(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
                   f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
-        records = read_records(self.metrics_path)
-        epochs_done = [r for r in records if r["kind"] == "epoch"]
+        epochs_done = [r for r in self.records if r["kind"] == "epoch"]
         # best.msgpack before the epoch's checkpoint: a kill in between resumes inside this epoch,
         # which retrains it to the same parameters and saves best.msgpack again
         best = self.config.get("validation") and min(epochs_done, key=lambda r: r["validation_error"])
         if best and best["epoch"] == epoch + 1:
-            runfiles.save_checkpoint(self.run_dir / "best.msgpack", {"params": params})
+            best_params = self.to_host(params)
+            if self.primary:
+                runfiles.save_checkpoint(self.run_dir / "best.msgpack", {"params": best_params})
         self.save(carry, {"epoch": epoch + 1, "batch": 0})
-        plot_curve(self.run_dir, records)
+        if self.primary:
+            plot_curve(self.run_dir, self.records)
         return bool(best) and early_stop(self.config, epochs_done)
 
     def run(self, carry, position) -> bool:
         """Train up to ``config["epochs"]``; False when stopped by ``--stop-after-chunks``."""
         config, batch = self.config, self.config["batch_size"]
         batches = len(self.data["x"]) // batch
-        with open(self.metrics_path, "a") as log:
+        with open(self.metrics_path, "a") if self.primary else io.StringIO() as log:
             for epoch in range(position["epoch"], config["epochs"]):
                 order = common.epoch_order(config["seed"], epoch, len(self.data["x"]), batches * batch)
                 order = jnp.asarray(order.reshape(batches, batch))
                 start = time.time()
                 bar = tqdm(total=batches, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
-                           unit="batch", dynamic_ncols=True)
+                           unit="batch", dynamic_ncols=True, disable=not self.primary)
                 for first in range(position["batch"], batches, config["chunk"]):
                     carry, position, stopping = self.run_chunk(carry, epoch, order, first,
                                                                min(first + config["chunk"], batches), log, bar)
                     if stopping:
                         bar.close()
-                        print(f"stopped after {self.chunks_done} chunks (checkpoint in {self.run_dir})")
+                        say(f"stopped after {self.chunks_done} chunks (checkpoint in {self.run_dir})")
                         return False
                 bar.close()
                 position = {"epoch": epoch + 1, "batch": 0}
@@ -365,15 +426,15 @@ class Training:
         return True
 
 
-def report(run_dir: Path, config: dict):
-    final = [r for r in read_records(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+def report(run_dir: Path, config: dict, records: list):
+    final = [r for r in records if r["kind"] == "epoch"]
     if not final:
         return
-    print(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
+    say(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
           f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
     if config.get("validation"):
         best = min(final, key=lambda r: r["validation_error"])
-        print(f"selected on validation: epoch {best['epoch']}, validation error "
+        say(f"selected on validation: epoch {best['epoch']}, validation error "
               f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
 
 
@@ -385,12 +446,34 @@ def training_devices(requested, batch_size: int) -> list:
         raise SystemExit(f"the batch of {batch_size} examples does not split over {len(devices)} devices; "
                          "pass --devices N with N dividing the batch size")
     if len(devices) > 1:
-        print(f"every batch is sharded over {len(devices)} devices ({devices[0].platform})")
+        say(f"every batch is sharded over {len(devices)} devices ({devices[0].platform})")
     return devices
+
+
+def run_directory(args, config) -> Path | None:
+    """The directory to write: ``--resume``'s, or a new one with its config.json (process 0; the
+    others write nothing on a new run)."""
+    if args.resume:
+        return args.resume
+    if jax.process_index():
+        return None
+    run_dir = new_run_dir(args.runs_dir, config, args.set)
+    runfiles.atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    return run_dir
+
+
+def lost_process(error, run_dir) -> str:
+    """The message for an operation across processes that failed (another process stopped)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"process {jax.process_index()}: an operation across the {jax.process_count()} processes failed "
+            f"({first}); another process has probably stopped. "
+            + (f"{run_dir} keeps the last checkpoint: restart every process with --resume {run_dir}"
+               if run_dir else "process 0's run directory keeps the last checkpoint"))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    common.start_distributed(args)
     check_options(args)
     config = resumed_config(args) if args.resume else new_config(args)
     devices = training_devices(args.devices, config["batch_size"])
@@ -398,20 +481,26 @@ def main(argv=None):
     config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
     training = Training(args, config, data, devices)
     training.preflight()
-    if args.resume:
-        run_dir = args.resume
-    else:
-        run_dir = new_run_dir(args.runs_dir, config, args.set)
-        runfiles.atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    run_dir = run_directory(args, config)
     training.use_directory(run_dir)
-    with runfiles.RunLock(run_dir):
+    with runfiles.RunLock(run_dir) if training.primary else contextlib.nullcontext():
         params, opt_state, state, position = training.start_state(resume=bool(args.resume))
-        records = [r for r in read_records(training.metrics_path) if written_before(r, position)]
-        runfiles.atomic_write_text(training.metrics_path, "".join(runfiles.strict_json(r) + "\n" for r in records))
-        if early_stop(config, [r for r in records if r["kind"] == "epoch"]):
+        training.records = [r for r in read_records(training.metrics_path) if written_before(r, position)] \
+            if run_dir else []
+        if training.primary:
+            runfiles.atomic_write_text(training.metrics_path,
+                                       "".join(runfiles.strict_json(r) + "\n" for r in training.records))
+        if early_stop(config, [r for r in training.records if r["kind"] == "epoch"]):
             return run_dir
-        if training.run((params, opt_state, state), position):
-            report(run_dir, config)
+        try:
+            finished = training.run((params, opt_state, state), position)
+        except (jax.errors.JaxRuntimeError, ValueError) as error:  # gloo's failures arrive as ValueError
+            if not training.multi or not isinstance(error, jax.errors.JaxRuntimeError) and "Gloo" not in str(error):
+                raise
+            print("\n" + lost_process(error, run_dir), file=sys.stderr, flush=True)
+            os._exit(1)  # at once: jax.distributed's shutdown would wait for the lost process's heartbeats
+        if finished:
+            report(run_dir, config, training.records)
     return run_dir
 
 

@@ -14,7 +14,9 @@ from eqjax import parallel
 from eqjax.estimators import EP
 from conftest import run_on_forced_cpu_devices
 
-MODEL = eqjax.models.conv_hopfield((8, 8, 1), (4, 6), kernel=3, padding=1, output_bounds=(-np.inf, np.inf))
+# XLA's convolutions: how the passes are computed is not what these tests are about (tests/test_winograd.py)
+MODEL = eqjax.models.conv_hopfield((8, 8, 1), (4, 6), kernel=3, padding=1, output_bounds=(-np.inf, np.inf),
+                                   conv_method="direct")
 COST = eqjax.costs.cross_entropy()
 
 
