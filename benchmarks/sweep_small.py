@@ -5,13 +5,18 @@
 (block-coordinate relaxation, centered EP): `eqjax.sweep.run` with its default mode, one member at
 a time (``vectorize=1``), all vmapped (``vectorize=32``), and the same member function jitted once
 and called 32 times ("sequential"). Interleaved rounds after a warm-up; medians. Prints a Markdown
-table.
+table. ``--profile`` then runs the vmapped sweep under JAX's profiler and prints where its time
+goes, by kind of XLA operation (count and milliseconds per sweep).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -37,9 +42,34 @@ def member(h, xs, ys):
     return metrics["loss"].mean()
 
 
+def profile(run, calls: int = 3) -> dict:
+    """``{kind: (operations, ms)}`` per call of ``run`` from JAX's profiler trace: the XLA CPU
+    runtime's operations (``ynn_fusion`` for matrix products, ``*_fusion`` for fused elementwise
+    work), loops excluded (their bodies are counted)."""
+    from jax._src.lib import _profile_data  # the profiler's reader of its own trace files
+
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            for _ in range(calls):
+                jax.block_until_ready(run())
+        data = _profile_data.ProfileData.from_file(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0])
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    for plane in data.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):  # the threads that run XLA's operations
+                continue
+            for event in line.events:
+                kind = re.sub(r"[._]?\d+$", "", event.name)
+                if not kind.startswith(("while", "ThunkExecutor", "call", "conditional", "end:")):
+                    totals[kind][0] += 1
+                    totals[kind][1] += event.duration_ns / 1e6
+    return {kind: (count / calls, ms / calls) for kind, (count, ms) in totals.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="also show where the vmapped sweep's time goes")
     args = parser.parse_args(argv)
     x, y = eqjax.synthetic.digits(jax.random.key(0), 320)
     xs, ys = x.reshape(20, 16, 64), y.reshape(20, 16)
@@ -62,6 +92,14 @@ def main(argv=None):
     print("|---|---|---|---|")
     for name, value in medians.items():
         print(f"| {name} | {value:.3f} | {value / fastest:.2f} | {medians['sequential'] / value:.2f} |")
+    if args.profile:
+        kinds = profile(cases["vmap all"])
+        total_count, total_ms = sum(c for c, _ in kinds.values()), sum(ms for _, ms in kinds.values())
+        print(f"\nThe vmapped sweep under the profiler: {total_count:.0f} operations, {total_ms:.1f} ms of "
+              "operation time (both threads) per sweep")
+        print("| operation | count | ms | us each |\n|---|---|---|---|")
+        for kind, (count, ms) in sorted(kinds.items(), key=lambda item: -item[1][1])[:8]:
+            print(f"| {kind} | {count:.0f} | {ms:.1f} | {1e3 * ms / count:.1f} |")
 
 
 if __name__ == "__main__":
