@@ -218,8 +218,8 @@ def early_stop(config: dict, epochs_done: list) -> bool:
     if epochs_done[-1]["epoch"] - best["epoch"] < config["patience"]:
         return False
     say(f"early stop: no better validation error for {config['patience']} epochs; best epoch {best['epoch']} "
-          f"(validation {100 * best['validation_error']:.2f}%, test {100 * best['test_error']:.2f}%), its "
-          "parameters in best.msgpack")
+        f"(validation {100 * best['validation_error']:.2f}%, test {100 * best['test_error']:.2f}%), its "
+        "parameters in best.msgpack")
     return True
 
 
@@ -380,14 +380,14 @@ class Training:
             validation = f", validation error {100 * record['validation_error']:.2f}%"
         self.write(log, record)
         say(f"epoch {epoch + 1}: train error {100 * train_error:.2f}% (running){validation}, test error "
-              f"{100 * error:.2f}% ({100 * converged:.1f}% converged), {seconds:.1f} s")
+            f"{100 * error:.2f}% ({100 * converged:.1f}% converged), {seconds:.1f} s")
         chance = 1 - 1 / self.model.num_outputs
         if error >= chance - 0.05:
             say(f"warning: the test error {100 * error:.1f}% is at chance level ({100 * chance:.0f}%): the run is "
-                  "not learning (a learning rate too large or too small?)")
+                "not learning (a learning rate too large or too small?)")
         if converged < CONVERGED_WARNING:
             say(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
-                  f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
+                f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
         epochs_done = [r for r in self.records if r["kind"] == "epoch"]
         # best.msgpack before the epoch's checkpoint: a kill in between resumes inside this epoch,
         # which retrains it to the same parameters and saves best.msgpack again
@@ -431,11 +431,11 @@ def report(run_dir: Path, config: dict, records: list):
     if not final:
         return
     say(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
-          f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
+        f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
     if config.get("validation"):
         best = min(final, key=lambda r: r["validation_error"])
         say(f"selected on validation: epoch {best['epoch']}, validation error "
-              f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
+            f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
 
 
 def training_devices(requested, batch_size: int) -> list:

@@ -93,8 +93,9 @@ def test_batched_energy_follows_the_model_contract(case):
     and of the parameters; energy_difference is E(a) - E(b), also in its parameter gradient."""
     model, _, params, x, _ = problem(case)
     a, b = random_states(model, x, 5), random_states(model, x, 6)
-    per_example = lambda p, s: jnp.sum(jax.vmap(model.energy, in_axes=(None, 0, 0))(p, s, x))
-    batched = lambda p, s: model.relaxation_energy(model.prepare(p, x), s, x)
+    # jitted: op-by-op, the Winograd passes' many small slices would compile one by one
+    per_example = jax.jit(lambda p, s: jnp.sum(jax.vmap(model.energy, in_axes=(None, 0, 0))(p, s, x)))
+    batched = jax.jit(lambda p, s: model.relaxation_energy(model.prepare(p, x), s, x))
     np.testing.assert_allclose(batched(params, a), per_example(params, a), rtol=1e-12)
     for argnum in (0, 1):
         got, want = jax.grad(batched, argnum)(params, a), jax.grad(per_example, argnum)(params, a)

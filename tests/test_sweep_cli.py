@@ -115,6 +115,7 @@ def test_sweep_options_are_checked_before_anything_is_written(tmp_path):
         sweep.main(["--resume", str(tmp_path), "--epochs", "7"])  # used to be ignored silently
 
 
+@pytest.mark.slow  # 50-60 s: a study program's run (make test-slow)
 def test_the_rules_study_runs_each_family_as_a_sweep_plan_and_resumes(tmp_path, capsys):
     from experiments import rules, sweeping
 
