@@ -83,6 +83,7 @@ def test_pixel_statistics_standardise_each_channel():
     np.testing.assert_allclose(standard.std(axis=0), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow  # 18 s; conv-cifar10 trains a chunk in the default suite (test_configs.py)
 def test_cifar10_trains_through_the_cli_with_augmentation(monkeypatch, tmp_path):
     monkeypatch.setitem(data.CIFAR_COUNTS, "train", 5 * 16)
     monkeypatch.setitem(data.CIFAR_COUNTS, "test", 16)
