@@ -22,7 +22,8 @@ For each net, seconds per batch of
   one forward and one transposed convolution (as a forward one with the flipped kernel) per pair
   of conv layers, inside one loop as in a relaxation;
   then EP's weight update: per pair, a forward convolution at each nudged state and a kernel
-  gradient, and the input layer's convolution and kernel gradient. Pooling, clipping, the dense
+  gradient (``kernel_cotangent``, as EP's update computes it), and the input layer's convolution
+  and kernel gradient. Pooling, clipping, the dense
   output and the optimizer are left out.
 
 and the ratios torch / eqjax and eqjax / limit. ``--breakdown`` adds where one relaxation sweep of
@@ -52,8 +53,8 @@ import numpy as np
 import optax
 
 import eqjax
-from eqjax.models.conv_ops import (apply_kernel, conv, feedback_kernel, input_gradient, per_example_dot, pool,
-                                   pass_method, prepare_kernel, unpool, weight_gradient)
+from eqjax.models.conv_ops import (apply_kernel, conv, feedback_kernel, input_gradient, kernel_cotangent,
+                                   per_example_dot, pool, pass_method, prepare_kernel, unpool)
 from eqjax.phases import Free
 from eqjax.solvers import FixedPoint
 
@@ -161,9 +162,9 @@ class LimitCase:
             grads = []
             for a, w in zip(lowers, kernels):
                 for state in (a, 1 - a):  # the two nudged states
-                    grads.append(weight_gradient(state, conv(state, w, padding), w.shape[0], padding))
+                    grads.append(kernel_cotangent(state, conv(state, w, padding), w.shape[0], padding))
             drive = conv(image, first, padding)
-            grads.append(weight_gradient(image, drive, first.shape[0], padding))
+            grads.append(kernel_cotangent(image, drive, first.shape[0], padding))
             return grads
 
         image = jax.random.uniform(next(keys), (net["batch"], *net["image_shape"]))

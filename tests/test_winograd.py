@@ -9,7 +9,7 @@ import pytest
 import eqjax
 from eqjax.estimators import EP
 from eqjax.models import winograd
-from eqjax.models.conv_ops import conv, pass_method, scatter_conv
+from eqjax.models.conv_ops import conv, pass_method, scatter_conv, weight_gradient
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 5])
@@ -26,6 +26,32 @@ def test_winograd_convolution_equals_xla(kernel, padding):
         assert got.shape == expected.shape
         # float64 round-off: the transforms' coefficients are 1, 1/2 and 1/6 at most for r <= 5
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(expected))))
+
+
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (3, 0), (5, 0), (5, 2), (2, 1)])
+def test_winograd_kernel_gradient_equals_the_direct_one(kernel, padding):
+    keys = jax.random.split(jax.random.key(kernel + 7 * padding), 2)
+    a = jax.random.normal(keys[0], (2, 7, 9, 3), jnp.float64)
+    g = jax.random.normal(keys[1], conv(a, jnp.zeros((kernel, kernel, 3, 4)), padding).shape, jnp.float64)
+    expected = weight_gradient(a, g, kernel, padding)
+    got = winograd.kernel_gradient(a, g, kernel, padding)
+    assert got.shape == expected.shape == (kernel, kernel, 3, 4)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_parameter_gradients_take_the_winograd_kernel_gradient_where_it_pays():
+    # 16 input channels and 64 output tiles >= 2 x 16 channels: kernel_cotangent takes Winograd's
+    # formulation on a CPU; the reverse-mode rule of conv_for_parameter_gradients equals JAX's
+    from eqjax.models.conv_ops import conv_for_parameter_gradients, kernel_cotangent
+
+    keys = jax.random.split(jax.random.key(3), 3)
+    a = jax.random.normal(keys[0], (4, 8, 8, 16), jnp.float64)
+    w = jax.random.normal(keys[1], (3, 3, 16, 16), jnp.float64)
+    g = jax.random.normal(keys[2], (4, 8, 8, 16), jnp.float64)
+    np.testing.assert_allclose(kernel_cotangent(a, g, 3, 1), weight_gradient(a, g, 3, 1), rtol=1e-11, atol=1e-11)
+    loss = lambda f: lambda w_: jnp.sum(f(a, w_, 1) * g)
+    np.testing.assert_allclose(jax.grad(loss(conv_for_parameter_gradients))(w), jax.grad(loss(conv))(w),
+                               rtol=1e-11, atol=1e-11)  # float64 round-off
 
 
 def test_winograd_convolution_crops_for_a_negative_padding_and_takes_complex_maps():

@@ -79,14 +79,12 @@ def _pad_or_crop(a, rows, columns):
     return jnp.pad(a, ((0, 0), (max(top, 0), max(bottom, 0)), (max(left, 0), max(right, 0)), (0, 0)))
 
 
-def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE) -> jax.Array:
-    """The stride-1 convolution of ``a`` ``(B, H, W, C_in)`` with an ``r x r`` kernel ``w`` (``kernel``
-    = ``r``, static) and ``padding`` (static; a negative value crops) zeros on each side, from ``u
-    = kernel_transform(w)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
-    :func:`eqjax.models.conv_ops.conv` up to float rounding."""
-    at, _, bt = matrices(m, kernel)
+def _input_tiles(a, kernel, padding, m):
+    """``B^T d B`` for every ``n x n`` input tile of ``a`` (stride ``m``): ``(n^2, B * tiles, C_in)``,
+    and the output's tile counts and size ``(tiles_h, tiles_w, out_h, out_w)``."""
+    _, _, bt = matrices(m, kernel)
     n = m + kernel - 1
-    batch, height, width, channels = a.shape
+    _, height, width, channels = a.shape
     out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
     tiles_h, tiles_w = -(-out_h // m), -(-out_w // m)
     a = _pad_or_crop(a, (padding, padding + m * tiles_h - out_h), (padding, padding + m * tiles_w - out_w))
@@ -94,7 +92,18 @@ def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE) -
     d = [[a[:, i: i + m * tiles_h: m, j: j + m * tiles_w: m] for j in range(n)] for i in range(n)]
     rows = [[_combine(bt[p], [d[i][j] for i in range(n)]) for j in range(n)] for p in range(n)]
     v = jnp.stack([_combine(bt[q], rows[p]) for p in range(n) for q in range(n)])
-    v = jax.lax.optimization_barrier(v.reshape(n * n, batch * tiles_h * tiles_w, channels))
+    return jax.lax.optimization_barrier(v.reshape(n * n, -1, channels)), (tiles_h, tiles_w, out_h, out_w)
+
+
+def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE) -> jax.Array:
+    """The stride-1 convolution of ``a`` ``(B, H, W, C_in)`` with an ``r x r`` kernel ``w`` (``kernel``
+    = ``r``, static) and ``padding`` (static; a negative value crops) zeros on each side, from ``u
+    = kernel_transform(w)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
+    :func:`eqjax.models.conv_ops.conv` up to float rounding."""
+    at, _, _ = matrices(m, kernel)
+    n = m + kernel - 1
+    batch, channels = a.shape[0], a.shape[-1]
+    v, (tiles_h, tiles_w, out_h, out_w) = _input_tiles(a, kernel, padding, m)
     out_channels = u.shape[-1]
     products = jax.lax.dot_general(v, u.reshape(n * n, channels, out_channels).astype(a.dtype),
                                    (((2,), (1,)), ((0,), (0,))))
@@ -102,3 +111,23 @@ def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE) -
     rows = [[_combine(at[p], [products[i, j] for i in range(n)]) for j in range(n)] for p in range(m)]
     y = jnp.stack([jnp.stack([_combine(at[q], rows[p]) for q in range(m)], axis=3) for p in range(m)], axis=2)
     return jax.lax.optimization_barrier(y.reshape(batch, m * tiles_h, m * tiles_w, out_channels)[:, :out_h, :out_w])
+
+
+def kernel_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int, m: int = TILE) -> jax.Array:
+    """The cotangent of ``w`` in ``conv(a, w, padding)`` for the output cotangent ``g`` ``(B, H_out,
+    W_out, C_out)``: ``(r, r, C_in, C_out)`` with ``r = kernel``, computed in Winograd's domain.
+    With ``V = B^T d B`` the input tiles (as :func:`conv` makes them) and ``dM = A g A^T`` the
+    output cotangent's ``m x m`` tiles expanded to ``n x n``, each tile element's cotangent is one
+    matrix product ``dU = V^T dM`` (``(C_in, tiles) x (tiles, C_out)``) and ``dw = G^T dU G``.
+    Equal to :func:`eqjax.models.conv_ops.weight_gradient` up to float rounding."""
+    at, g_matrix, _ = matrices(m, kernel)
+    n = m + kernel - 1
+    v, (tiles_h, tiles_w, out_h, out_w) = _input_tiles(a, kernel, padding, m)
+    g = jnp.pad(g, ((0, 0), (0, m * tiles_h - out_h), (0, m * tiles_w - out_w), (0, 0)))
+    tiles = [[g[:, p::m, q::m] for q in range(m)] for p in range(m)]
+    rows = [[_combine(at[:, i], [tiles[p][q] for p in range(m)]) for q in range(m)] for i in range(n)]
+    dm = jnp.stack([_combine(at[:, j], rows[i]) for i in range(n) for j in range(n)]).reshape(n * n, -1, g.shape[-1])
+    du = jax.lax.dot_general(v, dm.astype(v.dtype), (((1,), (1,)), ((0,), (0,)))).reshape(n, n, *v.shape[2:],
+                                                                                           g.shape[-1])
+    g_matrix = jnp.asarray(g_matrix, du.real.dtype)
+    return jnp.einsum("ia,ijco,jb->abco", g_matrix, du, g_matrix)
