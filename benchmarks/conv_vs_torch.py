@@ -176,6 +176,14 @@ class LimitCase:
         return sum(wall(part) for part in self.parts)
 
 
+def ms_per_iteration(fn, args, rounds: int, iterations: int) -> float:
+    """Median milliseconds per loop iteration of ``jax.jit(fn)(*args)`` (a loop of ``iterations``),
+    after one call that compiles it."""
+    jitted = jax.jit(fn)
+    wall(lambda: jitted(*args))
+    return 1e3 * statistics.median(wall(lambda: jitted(*args)) for _ in range(rounds)) / iterations
+
+
 def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     """Milliseconds per relaxation sweep (free phase, batch and shapes of ``net``), each measured as
     ``sweeps`` iterations of one loop: the sweep eqjax runs; the same with XLA's convolutions for
@@ -234,9 +242,7 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     }
     timings = {}
     for name, (fn, args) in cases.items():
-        jitted = jax.jit(fn)
-        wall(lambda: jitted(*args))
-        timings[name] = 1e3 * statistics.median(wall(lambda: jitted(*args)) for _ in range(rounds)) / sweeps
+        timings[name] = ms_per_iteration(fn, args, rounds, sweeps)
     return timings
 
 
@@ -270,10 +276,7 @@ def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
                     body = lambda _, b: b + 1e-6 * jnp.mean(apply(b, u, k, padding))
                     return jax.lax.fori_loop(0, sweeps, body, b)
 
-                jitted, u = jax.jit(run), prepare(kernel)
-                wall(lambda: jitted(inputs, u))
-                row[f"{direction} {method}"] = 1e3 * statistics.median(
-                    wall(lambda: jitted(inputs, u)) for _ in range(rounds)) / sweeps
+                row[f"{direction} {method}"] = ms_per_iteration(run, (inputs, prepare(kernel)), rounds, sweeps)
         timings[f"{'x'.join(map(str, shape[1:]))}->{kernel_shape[-1]} k{k}p{pad}"] = row
     return timings
 

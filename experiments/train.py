@@ -266,7 +266,8 @@ class Training:
         return jax.tree.map(lambda a: a.addressable_data(0), replicated_tree) if self.multi else replicated_tree
 
     def to_host(self, tree):
-        """NumPy copies to write; with several processes every process calls this together."""
+        """``tree`` readable on this host (to write it): unchanged with one process; with several,
+        gathered as NumPy arrays, and every process calls this at the same point."""
         return eqjax.parallel.to_host(tree) if self.multi else tree
 
     def agreed(self, flag: bool) -> bool:

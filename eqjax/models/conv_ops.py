@@ -86,11 +86,12 @@ def scatter_conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
 def pass_method(method: str, kernel: int, padding: int) -> str:
     """How one convolution pass of the relaxation runs (``"direct"``, ``"winograd"`` or
     ``"scatter"``) for a ``kernel x kernel`` kernel and ``padding`` (that of the pass: ``k - 1 - p``
-    for a feedback pass). ``method`` is the model's ``conv_method``: ``"direct"`` or
-    ``"winograd"`` or ``"scatter"`` are taken as they are; ``"auto"`` is ``"direct"`` off a CPU (on a GPU cuDNN picks its own algorithm) and on a CPU
-    :func:`scatter_conv` when the output is larger than the input (``2 padding > k - 1``), Winograd
-    for the kernels of :data:`WINOGRAD_KERNELS`, direct otherwise: the fastest of the three at the
-    shapes measured (BENCHMARKS.md). Static: called while tracing."""
+    for a feedback pass). ``method`` is the model's ``conv_method``: ``"direct"``, ``"winograd"``
+    and ``"scatter"`` are taken as they are; ``"auto"`` is ``"direct"`` off a CPU (on a GPU cuDNN
+    picks its own algorithm) and on a CPU :func:`scatter_conv` when the output is larger than the
+    input (``2 padding > k - 1``), Winograd for the kernels of :data:`WINOGRAD_KERNELS`, direct
+    otherwise: the fastest of the three at the shapes measured (BENCHMARKS.md). Static: called
+    while tracing."""
     if method not in METHODS:
         raise ValueError(f"conv method must be one of {METHODS}, got {method!r}")
     if method != "auto" or jax.default_backend() != "cpu":
@@ -132,9 +133,9 @@ def kernel_cotangent(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> j
     """:func:`weight_gradient`'s value by the faster formulation for these shapes (static): on a
     CPU, for the kernels of :data:`WINOGRAD_KERNELS`, Winograd's
     (:func:`eqjax.models.winograd.kernel_gradient`) when the input has at least 16 channels and
-    the batch's output at least twice as many 2x2 tiles as the larger channel count (1.2-2.7x
-    faster there in a loop on a 2-core CPU; with few input channels its transforms dominate, with
-    few tiles and many channels its final ``G^T dU G``); else :func:`weight_gradient`."""
+    the batch's output at least twice as many 2x2 tiles as the larger channel count (with few
+    input channels its transforms dominate, with few tiles and many channels its final
+    ``G^T dU G``); else :func:`weight_gradient`."""
     tiles = g.shape[0] * -(-g.shape[1] // winograd.TILE) * -(-g.shape[2] // winograd.TILE)
     if (jax.default_backend() == "cpu" and kernel in WINOGRAD_KERNELS and a.shape[-1] >= 16
             and tiles >= 2 * max(a.shape[-1], g.shape[-1])):
@@ -146,8 +147,8 @@ def kernel_cotangent(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> j
 def conv_for_parameter_gradients(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     """:func:`conv` whose reverse-mode rule computes both cotangents without JAX's transposes of a
     convolution (:func:`input_gradient`, :func:`kernel_cotangent`); the same values as JAX's rule.
-    Reverse mode only (JAX cannot take forward-mode derivatives of a ``custom_vjp`` function): EP's parameter
-    gradient and the feedforward backprop baseline use it."""
+    Reverse mode only (JAX cannot take forward-mode derivatives of a ``custom_vjp`` function): EP's
+    parameter gradient and the feedforward backprop baseline use it."""
     return conv(a, w, padding)
 
 

@@ -126,8 +126,9 @@ def kernel_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int, m: in
     g = jnp.pad(g, ((0, 0), (0, m * tiles_h - out_h), (0, m * tiles_w - out_w), (0, 0)))
     tiles = [[g[:, p::m, q::m] for q in range(m)] for p in range(m)]
     rows = [[_combine(at[:, i], [tiles[p][q] for p in range(m)]) for q in range(m)] for i in range(n)]
-    dm = jnp.stack([_combine(at[:, j], rows[i]) for i in range(n) for j in range(n)]).reshape(n * n, -1, g.shape[-1])
-    du = jax.lax.dot_general(v, dm.astype(v.dtype), (((1,), (1,)), ((0,), (0,)))).reshape(n, n, *v.shape[2:],
-                                                                                           g.shape[-1])
+    dm = jnp.stack([_combine(at[:, j], rows[i]) for i in range(n) for j in range(n)])
+    dm = dm.reshape(n * n, -1, g.shape[-1]).astype(v.dtype)
+    du = jax.lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # (n^2, C_in, C_out)
+    du = du.reshape(n, n, *du.shape[1:])
     g_matrix = jnp.asarray(g_matrix, du.real.dtype)
     return jnp.einsum("ia,ijco,jb->abco", g_matrix, du, g_matrix)
