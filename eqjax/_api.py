@@ -22,19 +22,18 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from eqjax._checks import check_call, check_throw, guard_equilibria, guard_inputs, statuses
+from eqjax._checks import check_call, check_throw, guard_equilibria, guard_inputs
 from eqjax.costs import as_cost
 from eqjax._equilibrium import Equilibrium, mark_examples, screen_examples
-from eqjax.estimators import free_phase_aux
+from eqjax.estimators import Estimate
 from eqjax.phases import Free, as_phase
 from eqjax._relaxation import relax_unchecked
 
 
-def marked(aux: dict, codes) -> dict:
-    """An estimator's ``aux`` with :func:`~eqjax._equilibrium.screen_examples`'s codes in every phase's status."""
-    phases = statuses(aux)
-    return {name: ({**value, "status": mark_examples(phases[name], codes)} if name in phases else value)
-            for name, value in aux.items()}
+def marked(estimate: Estimate, codes) -> Estimate:
+    """``estimate`` with :func:`~eqjax._equilibrium.screen_examples`'s codes in every phase's status."""
+    return estimate.replace(phases={name: eq.replace(status=mark_examples(eq.status, codes))
+                                    for name, eq in estimate.phases.items()})
 
 
 @functools.partial(jax.jit, static_argnames="throw")
@@ -81,9 +80,12 @@ def checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, 
     if throw:
         x = guard_inputs(model, params, x, y, solver, estimator)
     x, y, codes = screen_examples(model, x, y)
-    grads, aux = estimator.estimate(model, cost, solver, params, x, y, state0, key)
-    aux = marked(aux, codes)
-    return guard_equilibria((grads, aux), statuses(aux), throw) if throw else (grads, aux)
+    grads, estimate = estimator.estimate(model, cost, solver, params, x, y, state0, key)
+    if not isinstance(estimate, Estimate):
+        raise TypeError(f"{type(estimator).__name__}.estimate must return (grads, eqjax.estimators.Estimate), got "
+                        f"(grads, {type(estimate).__name__}); build it with Estimate.at_free_phase")
+    estimate = marked(estimate, codes)
+    return guard_equilibria((grads, estimate), estimate.statuses(), throw) if throw else (grads, estimate)
 
 
 _estimate = jax.jit(checked_estimate, static_argnames="throw")
@@ -92,9 +94,10 @@ _estimate = jax.jit(checked_estimate, static_argnames="throw")
 def gradients(model, cost, solver, estimator, params, x, y, state0=None, key=None, throw=False):
     """Estimate the gradient of the batch-mean loss at the free equilibrium.
 
-    Returns ``(grads, aux)``: ``grads`` has the structure of ``params`` (optax convention: descend
-    it); ``aux`` carries per-example ``loss``, ``accuracy``, ``prediction``, ``free_state`` and per
-    phase ``num_steps``/``residual``/``status``/``converged`` (see :mod:`eqjax.estimators`).
+    Returns ``(grads, estimate)``: ``grads`` has the structure of ``params`` (optax convention:
+    descend it); ``estimate`` is an :class:`~eqjax.estimators.Estimate` with per-example ``loss``,
+    ``accuracy``, ``prediction``, ``used`` and every phase's :class:`~eqjax.Equilibrium`
+    (``estimate.free.converged``, ``estimate.free_state``...).
     Arguments as in :func:`relax`.
     """
     cost = as_cost(cost)
@@ -110,13 +113,14 @@ def _evaluate(model, cost, solver, params, x, y, state0, key, throw):
         x = guard_inputs(model, params, x, y, solver)
     x, y, codes = screen_examples(model, x, y)
     free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, key)
-    aux = marked(free_phase_aux(model, cost, free, y), codes)
-    return guard_equilibria(aux, statuses(aux), throw) if throw else aux
+    estimate = marked(Estimate.at_free_phase(model, cost, free, y), codes)
+    return guard_equilibria(estimate, estimate.statuses(), throw) if throw else estimate
 
 
-def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=False) -> dict:
-    """Free-phase predictions: per-example ``loss``, ``accuracy``, ``prediction`` and diagnostics.
-    Arguments as in :func:`relax`."""
+def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=False) -> Estimate:
+    """Free-phase predictions: an :class:`~eqjax.estimators.Estimate` with per-example ``loss``,
+    ``accuracy``, ``prediction`` and the free phase's :class:`~eqjax.Equilibrium`. Arguments as in
+    :func:`relax`."""
     cost = as_cost(cost)
     if y is None:
         raise ValueError("evaluate needs the labels y of the batch")
@@ -142,9 +146,9 @@ def _error_rate(model, cost, solver, params, x, y, key, batch_size, throw):
     def count(totals, batch):
         xi, yi, mask, offset = batch
         batch_key = None if key is None else jax.random.fold_in(key, offset)
-        aux = _evaluate(model, cost, solver, params, xi, yi, None, batch_key, throw)
-        wrong = jnp.sum(jnp.where(mask, 1 - aux["accuracy"], 0))
-        converged = jnp.sum(jnp.where(mask, aux["free"]["converged"], 0))
+        estimate = _evaluate(model, cost, solver, params, xi, yi, None, batch_key, throw)
+        wrong = jnp.sum(jnp.where(mask, 1 - estimate.accuracy, 0))
+        converged = jnp.sum(jnp.where(mask, estimate.free.converged, 0))
         return (totals[0] + wrong, totals[1] + converged), None
 
     zero = jnp.zeros((), jnp.float32)

@@ -214,11 +214,6 @@ def check_call(model, params, x, y, state0, *parts) -> None:
         raise_if_concrete(part, part.errors)
 
 
-def statuses(aux: dict) -> dict:
-    """``{phase name: status}`` for every phase summary in an estimator's ``aux``."""
-    return {name: value["status"] for name, value in aux.items() if isinstance(value, dict) and "status" in value}
-
-
 def check_throw(throw) -> None:
     """``ValueError`` unless ``throw`` is ``False``, ``True`` or ``"max_steps"`` (static)."""
     if not (throw is False or throw is True or throw == "max_steps"):

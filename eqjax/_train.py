@@ -15,41 +15,39 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eqjax._checks import all_finite, check_model, raise_if_concrete, statuses
+from eqjax._checks import all_finite, check_model, raise_if_concrete
 from eqjax._api import checked_estimate
 from eqjax.costs import as_cost
 from eqjax._equilibrium import RESULTS
-from eqjax.estimators import RandomSign
+from eqjax.estimators import Estimate, RandomSign
 from eqjax.estimators.base import add_extras, extra_values
 
 
-def summarize(aux: dict) -> dict:
-    """Batch means of an estimator's ``aux``: loss (NaN when an example's free phase went
+def summarize(estimate: Estimate) -> dict:
+    """Batch means of an :class:`~eqjax.estimators.Estimate`: loss (NaN when an example's free phase went
     non-finite or the example was flagged), accuracy, the fraction of examples used by the
     gradient, the fractions flagged ``invalid_input`` and ``invalid_label`` (see
     :class:`~eqjax.RESULTS`) and, per phase, the mean of the examples' step counts
     (``<phase>_steps``: when each passed its stopping test), the steps the batch ran
     (``<phase>_batch_steps``), the fractions that converged and that went non-finite, and the
-    largest finite residual; plus the estimator's own ``aux["extras"]`` under their names (scalars
+    largest finite residual; plus the estimator's own ``estimate.extras`` under their names (scalars
     as they are, per-example ``(B,)`` arrays as their batch mean; see
     :class:`~eqjax.estimators.Estimator`)."""
-    extras = extra_values(aux)  # checked first: an extra named "status" would pass for a phase
-    metrics = {"loss": jnp.mean(aux["loss"]), "accuracy": jnp.mean(aux["accuracy"])}
-    if "used" in aux:
-        metrics["used"] = jnp.mean(aux["used"].astype(jnp.float32))
-    phases = statuses(aux)
-    if phases:
-        first = phases.get("free", next(iter(phases.values())))
-        metrics["invalid_input"] = jnp.mean((first == RESULTS.INVALID_INPUT).astype(jnp.float32))
-        metrics["invalid_label"] = jnp.mean((first == RESULTS.INVALID_LABEL).astype(jnp.float32))
-    for phase, status in phases.items():
-        info, nonfinite = aux[phase], status == RESULTS.NONFINITE
+    extras = extra_values(estimate)
+    metrics = {"loss": jnp.mean(estimate.loss), "accuracy": jnp.mean(estimate.accuracy),
+               "used": jnp.mean(estimate.used.astype(jnp.float32))}
+    free_status = estimate.free.status
+    metrics["invalid_input"] = jnp.mean((free_status == RESULTS.INVALID_INPUT).astype(jnp.float32))
+    metrics["invalid_label"] = jnp.mean((free_status == RESULTS.INVALID_LABEL).astype(jnp.float32))
+    for phase, equilibrium in estimate.phases.items():
+        status = equilibrium.status
         finite = (status == RESULTS.CONVERGED) | (status == RESULTS.MAX_STEPS)
-        metrics[f"{phase}_steps"] = jnp.mean(info["num_steps"].astype(jnp.float32))  # steps examples needed
-        metrics[f"{phase}_batch_steps"] = jnp.max(info["num_steps"]).astype(jnp.float32)  # steps the batch ran
-        metrics[f"{phase}_converged"] = jnp.mean(info["converged"].astype(jnp.float32))
-        metrics[f"{phase}_nonfinite"] = jnp.mean(nonfinite.astype(jnp.float32))
-        metrics[f"{phase}_residual"] = jnp.max(jnp.where(finite, info["residual"], 0))
+        steps = equilibrium.num_steps
+        metrics[f"{phase}_steps"] = jnp.mean(steps.astype(jnp.float32))  # steps examples needed
+        metrics[f"{phase}_batch_steps"] = jnp.max(steps).astype(jnp.float32)  # steps the batch ran
+        metrics[f"{phase}_converged"] = jnp.mean(equilibrium.converged.astype(jnp.float32))
+        metrics[f"{phase}_nonfinite"] = jnp.mean(equilibrium.nonfinite.astype(jnp.float32))
+        metrics[f"{phase}_residual"] = jnp.max(jnp.where(finite, equilibrium.residual, 0))
     metrics = add_extras(metrics, extras, taken=("skipped",))  # apply_update adds "skipped"
     return metrics
 
@@ -72,7 +70,7 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     free phase or ``None`` (``model.init_state``): feeding back ``free_state`` warm-starts each batch
     from the previous one (Scellier et al. 2023), indexing a per-example store gives persistent
     particles (Scellier & Bengio 2017). ``key`` goes to stochastic solvers. ``metrics`` is
-    :func:`summarize` of the estimator's aux. Any optax transformation works; build it with
+    :func:`summarize` of the estimator's :class:`~eqjax.estimators.Estimate`. Any optax transformation works; build it with
     ``optax.inject_hyperparams`` to change the learning rate in ``opt_state`` without a recompile.
 
     Shapes, dtypes and structure are checked when the step is traced, values when they are
@@ -93,9 +91,7 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
       ``opt_state`` unchanged, ``metrics["skipped"] = 1`` and a NaN ``loss`` (so a sweep member
       with such a value is not ``ok``, and ``make train`` stops).
 
-    The estimator's ``aux`` must hold ``loss``, ``accuracy`` and ``free_state`` (see
-    :mod:`eqjax.estimators`); every phase summary in it (an entry with a ``status``) is guarded
-    and summarized.
+    Every phase of the estimator's :class:`~eqjax.estimators.Estimate` is guarded and summarized.
     """
     check_model(model)
     cost = as_cost(cost)
@@ -104,13 +100,14 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
                         f"{type(optimizer).__name__}")
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
-        grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
-        return (*apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
+        grads, estimate = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
+        return (*apply_update(model, optimizer, params, opt_state, grads, estimate, solver, estimator),
+                estimate.free_state)
 
     return step
 
 
-def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator) -> tuple:
+def apply_update(model, optimizer, params, opt_state, grads, estimate, solver, estimator) -> tuple:
     """``(params, opt_state, metrics)`` after the optimizer's update for ``grads``, unless
     :func:`step_invalid` or a scalar of the optimizer's state before or after the update (a learning
     rate, a schedule's value) is not finite: then ``params`` and ``opt_state`` come back unchanged,
@@ -124,7 +121,7 @@ def apply_update(model, optimizer, params, opt_state, grads, aux, solver, estima
     scalars = [leaf for leaf in jax.tree.leaves((opt_state, new_opt_state)) if jnp.ndim(leaf) == 0]
     skipped = step_invalid(model, params, solver, estimator) | ~all_finite(scalars)
     keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(skipped, a, b), old, new)
-    metrics = summarize(aux)
+    metrics = summarize(estimate)
     metrics["loss"] = jnp.where(skipped, jnp.nan, metrics["loss"])
     metrics["skipped"] = skipped.astype(jnp.float32)
     return keep(params, optax.apply_updates(params, updates)), keep(opt_state, new_opt_state), metrics

@@ -49,21 +49,21 @@ def shard_batch(tree, mesh: Mesh, axis: int = 0):
 
 
 def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callable:
-    """``estimate(estimator, solver, params, x, y, state0, key) -> (grads, aux)``: the estimator run
-    per shard of the batch, gradients averaged over the shards (weighted by the examples each used),
-    ``aux`` per example, sharded like the batch."""
+    """``estimate(estimator, solver, params, x, y, state0, key) -> (grads, estimate)``: the
+    estimator run per shard of the batch, gradients averaged over the shards (weighted by the
+    examples each used), the :class:`~eqjax.estimators.Estimate` per example, sharded like the
+    batch."""
     check_model(model)
     cost = as_cost(cost)
 
     def local(estimator, solver, params, x, y, state0, key):
         if key is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(BATCH))
-        grads, aux = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
-        weight = jnp.sum(aux["used"]) if "used" in aux else jnp.asarray(x.shape[0])
-        weight = weight.astype(jax.tree.leaves(grads)[0].dtype)
+        grads, estimate = checked_estimate(estimator, model, cost, solver, params, x, y, state0, key, throw)
+        weight = jnp.sum(estimate.used).astype(jax.tree.leaves(grads)[0].dtype)
         total = jax.lax.psum(weight, BATCH)
         grads = jax.tree.map(lambda g: jax.lax.psum(g * weight, BATCH) / jnp.maximum(total, 1), grads)
-        return grads, aux
+        return grads, estimate
 
     def estimate(estimator, solver, params, x, y, state0=None, key=None):
         devices = mesh.devices.size
@@ -88,8 +88,9 @@ def sharded_train_step(model, cost, optimizer: optax.GradientTransformation, dev
     estimate = sharded_estimate(model, cost, mesh, throw=throw)
 
     def step(params, opt_state, solver, estimator, x, y, state0=None, key=None):
-        grads, aux = estimate(estimator, solver, params, x, y, state0, key)
-        return (*apply_update(model, optimizer, params, opt_state, grads, aux, solver, estimator), aux["free_state"])
+        grads, result = estimate(estimator, solver, params, x, y, state0, key)
+        return (*apply_update(model, optimizer, params, opt_state, grads, result, solver, estimator),
+                result.free_state)
 
     return step
 

@@ -126,9 +126,9 @@ def compare(model, cost, solver, params, x, y, estimator, reference=None, *, sta
       cosine similarity and the units near a kink; ``.table()`` prints them).
     """
     reference = ImplicitDiff() if reference is None else reference
-    estimate, aux = gradients(model, cost, solver, estimator, params, x, y, state0, key)
+    estimate, result = gradients(model, cost, solver, estimator, params, x, y, state0, key)
     truth, _ = gradients(model, cost, solver, reference, params, x, y, state0, key)
-    near = units_near_kink(model, cost, params, x, aux["free_state"], kink_margin)
+    near = units_near_kink(model, cost, params, x, result.free_state, kink_margin)
     return compare_gradients(estimate, truth, rtol, min_cosine).replace(units_near_kink=near)
 
 

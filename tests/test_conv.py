@@ -164,7 +164,7 @@ def test_centered_ep_matches_implicit_differentiation_and_finite_differences(cas
     assert bool(free.converged.all())
     assert pinned_fraction(model, free.state) > 0.1  # the active set is exercised
     implicit, aux = eqjax.gradients(model, cost, solver, ImplicitDiff(), params, x, y)
-    assert float(aux["linear_solve_residual"].max()) < 1e-10
+    assert float(aux.extras["linear_solve_residual"].max()) < 1e-10
     reference = finite_difference_gradient(model, cost, solver, params, x, y)
     # central differences with h = 1e-5: truncation ~h^2, round-off ~1e-16 / h (no kink of the max
     # pooling or of the boxes lies within h of these random parameters)
@@ -198,7 +198,7 @@ def test_centered_ep_trains_a_conv_net_on_synthetic_digits():
                                            y.reshape(32, 32))
         errors.append(1 - float(metrics["accuracy"].mean()))
     assert errors[-1] < 0.5 * errors[0], errors
-    accuracy = eqjax.evaluate(model, cost, solver.replace(max_steps=40), params, x_test, y_test)["accuracy"]
+    accuracy = eqjax.evaluate(model, cost, solver.replace(max_steps=40), params, x_test, y_test).accuracy
     assert float(accuracy.mean()) > 0.7
 
 

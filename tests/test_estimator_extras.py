@@ -1,5 +1,6 @@
-"""An estimator's own values in the training metrics (``aux["extras"]``), and the random sign of
-EP's beta as an estimator (:class:`eqjax.estimators.RandomSign`)."""
+"""The declared result of an estimator (:class:`eqjax.estimators.Estimate`), its own values in the
+training metrics (``Estimate.extras``), and the random sign of EP's beta as an estimator
+(:class:`eqjax.estimators.RandomSign`)."""
 
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from flax import struct
 
 import eqjax
-from eqjax.estimators import EP, Contrastive, Estimator, RandomSign
+from eqjax.estimators import EP, Contrastive, Estimate, Estimator, RandomSign
 from eqjax.solvers import GradientDescent
 from conftest import random_problem
 
@@ -29,7 +30,7 @@ def free_energies(model, params, state, x):
 
 def diagnostics(model, params, x, grads, aux) -> dict:
     """A scalar and a per-example extra: the gradient's norm, the energies at the free equilibrium."""
-    return {"grad_norm": optax.tree.norm(grads), "free_energy": free_energies(model, params, aux["free_state"], x)}
+    return {"grad_norm": optax.tree.norm(grads), "free_energy": free_energies(model, params, aux.free_state, x)}
 
 
 class Reporting(Estimator):
@@ -43,9 +44,9 @@ class Reporting(Estimator):
         return self.inner.errors()
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
-        """``inner``'s ``(grads, aux)``, ``aux["extras"]`` added."""
-        grads, aux = self.inner.estimate(model, cost, solver, params, x, y, state0, key)
-        return grads, {**aux, "extras": self.extras(model, params, x, grads, aux)}
+        """``inner``'s ``(grads, estimate)``, with ``extras`` added to the estimate."""
+        grads, estimate = self.inner.estimate(model, cost, solver, params, x, y, state0, key)
+        return grads, estimate.replace(extras=self.extras(model, params, x, grads, estimate))
 
 
 def batches(seed=0, num_batches=3, batch=4):
@@ -64,7 +65,7 @@ def test_extras_reach_the_jitted_epoch_metrics_with_their_values():
     for x, y in zip(xs, ys):  # the same updates, one batch at a time outside the scan
         grads, aux = eqjax.gradients(model, COST, SOLVER, EP(beta=0.05), params, x, y)
         norms.append(optax.tree.norm(grads))
-        energies.append(jnp.mean(free_energies(model, params, aux["free_state"], x)))
+        energies.append(jnp.mean(free_energies(model, params, aux.free_state, x)))
         params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     assert metrics["grad_norm"].shape == metrics["free_energy"].shape == (3,)
     # float64, relaxed to 1e-10: jit inside and outside a scan agree to round-off
@@ -73,16 +74,24 @@ def test_extras_reach_the_jitted_epoch_metrics_with_their_values():
     assert float(np.min(metrics["grad_norm"])) > 0  # a real gradient, not a vacuous zero
 
 
-def extras_aux(extras, batch=4) -> dict:
-    """The smallest ``aux`` :func:`eqjax.summarize` reads, with ``extras``."""
-    return {"loss": jnp.zeros(batch), "accuracy": jnp.ones(batch), "extras": extras}
+BUILT_IN = {"loss", "accuracy", "used", "invalid_input", "invalid_label", "free_steps", "free_batch_steps",
+            "free_converged", "free_nonfinite", "free_residual"}
+
+
+def extras_aux(extras, batch=4) -> Estimate:
+    """The smallest estimate: a converged free phase of ``batch`` examples, with ``extras``."""
+    free = eqjax.Equilibrium(state=(jnp.zeros((batch, 2)),), num_steps=jnp.full(batch, 3, jnp.int32),
+                             residual=jnp.zeros(batch), status=jnp.zeros(batch, jnp.int8))
+    return Estimate(loss=jnp.zeros(batch), accuracy=jnp.ones(batch), prediction=jnp.zeros(batch, jnp.int32),
+                    used=jnp.ones(batch, bool), phases={"free": free}, extras=extras)
 
 
 def test_summarize_reports_scalars_as_they_are_and_per_example_values_as_their_mean():
     metrics = eqjax.summarize(extras_aux({"scale": jnp.asarray(2.5), "margin": jnp.array([1.0, 2.0, 3.0, 6.0])}))
     assert float(metrics["scale"]) == 2.5 and float(metrics["margin"]) == 3.0
-    without = {"loss": jnp.zeros(4), "accuracy": jnp.ones(4)}
-    assert set(eqjax.summarize(extras_aux({}))) == set(eqjax.summarize(without)) == {"loss", "accuracy"}
+    assert set(metrics) == BUILT_IN | {"scale", "margin"}
+    assert set(eqjax.summarize(extras_aux({}))) == BUILT_IN
+    assert float(metrics["free_steps"]) == 3.0 and float(metrics["used"]) == 1.0
 
 
 @pytest.mark.parametrize("name", ["loss", "accuracy", "skipped"])
@@ -92,7 +101,6 @@ def test_an_extra_named_like_a_built_in_metric_is_refused(name):
 
 
 @pytest.mark.parametrize("extras, error, match", [
-    ({"status": jnp.zeros(4)}, ValueError, "other than \"status\""),
     ({3: jnp.zeros(4)}, ValueError, "must be strings"),
     ({"per_unit": jnp.zeros((4, 2))}, TypeError, r"a \(4,\) array"),
     ({"wrong_batch": jnp.zeros(5)}, TypeError, r"a \(4,\) array"),
@@ -131,7 +139,7 @@ def test_random_sign_is_ep_with_the_sign_drawn_from_the_key():
         expected, _ = eqjax.gradients(model, COST, SOLVER, EP(beta=sign * 0.1, variant="positive"), params, x, y,
                                       key=rest)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), grads, expected)  # same program
-        assert set(aux) >= {"free", "positive", "used"}
+        assert set(aux.phases) == {"free", "positive"} and aux.used.shape == (x.shape[0],)
     assert signs == {1.0, -1.0}  # both signs among these keys: the comparison covers each
 
 
@@ -180,3 +188,24 @@ def test_the_documented_wrapper_reports_its_gradient_norm():
     _, _, metrics, _ = step(params, optimizer.init(params), SOLVER, estimator, xs[0], ys[0])
     grads, _ = eqjax.gradients(model, COST, SOLVER, EP(beta=0.2), params, xs[0], ys[0])
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-8)  # float64 round-off
+
+
+def test_an_estimator_returning_anything_but_an_estimate_is_refused_with_its_name():
+    class DictReturning(Estimator):
+        def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+            grads, estimate = EP(beta=0.05).estimate(model, cost, solver, params, x, y, state0, key)
+            return grads, {"loss": estimate.loss}
+
+    model, params, x, y = random_problem(0)
+    with pytest.raises(TypeError, match=r"DictReturning.estimate must return \(grads, eqjax.estimators.Estimate\)"):
+        eqjax.gradients(model, COST, SOLVER, DictReturning(), params, x, y)
+
+
+def test_the_former_dict_access_the_readme_taught_still_works_with_a_deprecation_warning():
+    model, params, x, y = random_problem(0)
+    _, aux = eqjax.gradients(model, COST, SOLVER, EP(beta=0.05), params, x, y)
+    with pytest.warns(DeprecationWarning, match="aux.free.converged"):
+        converged = aux["free"]["converged"]
+    np.testing.assert_array_equal(converged, aux.free.converged)
+    with pytest.warns(DeprecationWarning):
+        np.testing.assert_array_equal(aux["loss"], aux.loss)

@@ -267,10 +267,10 @@ def test_gradients_and_evaluate_report_the_code_of_a_bad_example_inside_jit():
     expected = np.full(8, RESULTS.CONVERGED)
     expected[1], expected[5] = RESULTS.INVALID_INPUT, RESULTS.INVALID_LABEL
     for phase in ("free", "positive", "negative"):
-        np.testing.assert_array_equal(aux[phase]["status"], expected)
-    np.testing.assert_array_equal(aux["used"], expected == RESULTS.CONVERGED)
+        np.testing.assert_array_equal(aux.phases[phase].status, expected)
+    np.testing.assert_array_equal(aux.used, expected == RESULTS.CONVERGED)
     evaluated = jax.jit(lambda x, y: eqjax.evaluate(MODEL, COST, SOLVER, PARAMS64, x, y))(x, y)
-    np.testing.assert_array_equal(evaluated["free"]["status"] if "free" in evaluated else evaluated["status"], expected)
+    np.testing.assert_array_equal(evaluated.free.status, expected)
     relaxed = jax.jit(lambda x: eqjax.relax(MODEL, COST, SOLVER, PARAMS64, x))(x)
     assert int(relaxed.status[1]) == RESULTS.INVALID_INPUT
 

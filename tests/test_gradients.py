@@ -44,7 +44,7 @@ def test_implicit_matches_finite_differences(case, seed, tight_gd, tight_bc):
         assert pinned_fraction(model, cost, solver, params, x) > 0.1  # the active set is exercised
     reference = finite_difference_gradient(model, cost, solver, params, x, y)
     implicit, aux = eqjax.gradients(model, cost, solver, ImplicitDiff(), params, x, y)
-    assert bool(aux["free"]["converged"].all())
+    assert bool(aux.phases["free"].converged.all())
     # central differences with h=1e-5 have truncation error ~h^2 and round-off ~1e-16/h
     assert relative_error(implicit, reference) < 1e-5
 
@@ -56,7 +56,7 @@ def test_bptt_long_unroll_matches_implicit(case, seed, tight_gd, tight_bc):
     cost, solver = eqjax.costs.squared_error(), solver_for(case, tight_gd, tight_bc)
     implicit, _ = eqjax.gradients(model, cost, solver, ImplicitDiff(), params, x, y)
     bptt, aux = eqjax.gradients(model, cost, solver, BPTT(num_steps=400), params, x, y)
-    assert bool(aux["free"]["converged"].all())  # 400 steps reach the equilibrium
+    assert bool(aux.phases["free"].converged.all())  # 400 steps reach the equilibrium
     # the unrolled Jacobian converges to the implicit one geometrically with the unroll length
     assert relative_error(bptt, implicit) < 1e-4
 
@@ -67,7 +67,7 @@ def test_cg_matches_dense_solve(tight_gd):
     dense, _ = eqjax.gradients(model, cost, tight_gd, ImplicitDiff("dense"), params, x, y)
     cg, aux = eqjax.gradients(model, cost, tight_gd, ImplicitDiff("cg", cg_tol=1e-12), params, x, y)
     assert relative_error(cg, dense) < 1e-9  # both exact up to the CG tolerance
-    assert float(aux["linear_solve_residual"].max()) < 1e-11  # reported per example
+    assert float(aux.extras["linear_solve_residual"].max()) < 1e-11  # reported per example
 
 
 def ep_errors(model, cost, solver, params, x, y, variant, betas):

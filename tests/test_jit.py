@@ -42,7 +42,7 @@ def test_vmap_over_beta_equals_python_loop():
         looped, looped_aux = eqjax.gradients(model, cost, solver, EP(beta=float(beta)), params, x, y)
         # same arithmetic, batched: agreement to round-off
         assert relative_error(jax.tree.map(lambda g: g[i], batched), looped) < 1e-10
-        chex.assert_trees_all_equal(aux["positive"]["num_steps"][i], looped_aux["positive"]["num_steps"])
+        chex.assert_trees_all_equal(aux.phases["positive"].num_steps[i], looped_aux.phases["positive"].num_steps)
 
 
 def test_vmap_over_step_size_equals_python_loop():

@@ -34,8 +34,8 @@ def test_holomorphic_ep_with_two_phases_is_centered_ep(tight_gd):
     # N = 2 puts the nudges at +beta and -beta (real), the Fourier weights at +-1/(2 beta):
     # the same estimate, up to the relaxations' tolerance divided by beta
     assert relative_error(holomorphic, centered) < 1e-9
-    assert aux["nudged"]["status"].shape == (2, x.shape[0])  # one summary per phase
-    assert bool(jnp.all(aux["nudged"]["converged"]))
+    assert aux.phases["nudged"].status.shape == (2, x.shape[0])  # one summary per phase
+    assert bool(jnp.all(aux.phases["nudged"].converged))
 
 
 def test_holomorphic_ep_refuses_boxed_models_and_real_only_solvers():
@@ -70,8 +70,8 @@ def test_coupled_learning_at_eta_one_is_contrastive_learning(tight_gd):
     coupled, _ = eqjax.gradients(model, COST, tight_gd, Coupled(eta=1.0, variant="positive"), params, x, y)
     # o + 1 * (t - o) = t: the same clamp, the same contrast
     chex.assert_trees_all_close(coupled, contrastive, rtol=1e-12, atol=1e-14)
-    clamped = aux["clamped"]
-    assert bool(jnp.all(clamped["converged"]))
+    clamped = aux.phases["clamped"]
+    assert bool(jnp.all(clamped.converged))
 
 
 def test_clamped_phase_holds_the_output_at_the_target(tight_gd):

@@ -92,6 +92,6 @@ def test_ep_training_of_a_resistive_net_through_a_memristor_model():
     assert min(float(g.min()) for g in leaves) >= 0.0  # never negative
     assert max(float(g.max()) for g in leaves) <= 0.2 * (1 + 1e-6)  # g_max, to float32 rounding
     x_test, y_test = eqjax.synthetic.digits(jax.random.key(5), 400, noise=0.1, flip=0.02)
-    accuracy = float(eqjax.evaluate(model, cost, solver, params, x_test, y_test)["accuracy"].mean())
+    accuracy = float(eqjax.evaluate(model, cost, solver, params, x_test, y_test).accuracy.mean())
     # chance is 0.1; the same net reaches about 0.78 with ideal devices (EP or implicit gradients)
     assert accuracy > 0.5, accuracy

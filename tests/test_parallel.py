@@ -80,7 +80,7 @@ def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():
     estimate = jax.jit(parallel.sharded_estimate(MODEL, COST, parallel.batch_mesh(jax.devices()[:1])))
     x, y = batches(1, 5)
     grads, aux = estimate(EP(beta=0.3), FIXED, MODEL.init(jax.random.key(1), jnp.float64), x[0], y[0])
-    assert aux["loss"].shape == (5,)
+    assert aux.loss.shape == (5,)
     mesh3 = type("Mesh", (), {"devices": np.empty(3)})()  # only the device count is read before sharding
     with pytest.raises(ValueError, match="does not split over 3 devices"):
         parallel.sharded_estimate(MODEL, COST, mesh3)(EP(beta=0.3), FIXED, None, x[0], y[0])

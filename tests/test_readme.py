@@ -17,7 +17,7 @@ def test_readme_example_runs_and_compiles_the_epoch_once():
     exec(code, namespace)  # noqa: S102 - the README's code as a user would paste it
     # 21 epochs with two beta values and two learning rates: one trace of the epoch
     assert namespace["epoch"]._cache_size() == 1
-    assert float(namespace["aux"]["free"]["converged"].mean()) > 0.9
+    assert float(namespace["aux"].free.converged.mean()) > 0.9
     assert float(namespace["metrics"]["accuracy"].mean()) > 0.85  # training accuracy; chance is 0.1
 
 

@@ -116,9 +116,9 @@ def test_ep_nudged_solver_runs_its_own_step_budget():
     estimator = eqjax.estimators.EP(beta=0.5, variant="positive", nudged_solver=GradientDescent(0.5, 0.0, 4))
     _, aux = eqjax.gradients(model, eqjax.costs.squared_error(half=False), GradientDescent(0.5, 0.0, 20),
                              estimator, params, x, y)
-    assert np.all(np.asarray(aux["free"]["num_steps"]) == 20)
-    assert np.all(np.asarray(aux["positive"]["num_steps"]) == 4)
-    assert "negative" not in aux
+    assert np.all(np.asarray(aux.phases["free"].num_steps) == 20)
+    assert np.all(np.asarray(aux.phases["positive"].num_steps) == 4)
+    assert "negative" not in aux.phases
 
 
 @pytest.mark.parametrize("check_every", (2, 4, 7, 100))

@@ -244,7 +244,7 @@ def test_ep_gradient_with_anderson_matches_block_coordinate():
     reference, _ = eqjax.gradients(model, COST, BlockCoordinate(1e-12, 3000), estimator, params, x, y)
     grads, aux = eqjax.gradients(model, COST, Anderson(tol=1e-12, max_steps=3000, regularization=1e-12),
                                  estimator, params, x, y)
-    assert all(bool(aux[phase]["converged"].all()) for phase in ("free", "positive", "negative"))
+    assert all(bool(aux.phases[phase].converged.all()) for phase in ("free", "positive", "negative"))
     # both equilibria within ~1e-11 of each other; the contrast divides by 2 beta = 0.1
     assert relative_error(grads, reference) < 1e-8
 

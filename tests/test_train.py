@@ -36,7 +36,7 @@ def train(estimator, solver, dtype, epochs=20, learning_rate=0.05):
     for _ in range(epochs):
         params, opt_state, metrics = epoch(params, opt_state, solver, estimator, xs, ys)
         curve.append(float(metrics["loss"].mean()))
-    accuracy = float(eqjax.evaluate(model, cost, solver, params, x_test, y_test)["accuracy"].mean())
+    accuracy = float(eqjax.evaluate(model, cost, solver, params, x_test, y_test).accuracy.mean())
     return np.array(curve), accuracy, metrics
 
 

@@ -95,5 +95,5 @@ def test_bad_start_state():
 def test_non_convergence_is_reported_not_hidden():
     _, aux = eqjax.gradients(MODEL, COST, GradientDescent(0.01, 1e-12, 2), EP(beta=0.1), PARAMS, X, Y)
     for phase in ("free", "positive", "negative"):
-        assert not bool(np.any(aux[phase]["converged"]))
-        assert np.all(np.asarray(aux[phase]["num_steps"]) == 2)
+        assert not bool(np.any(aux.phases[phase].converged))
+        assert np.all(np.asarray(aux.phases[phase].num_steps) == 2)

@@ -124,5 +124,5 @@ def test_a_conv_net_relaxes_and_learns_the_same_with_every_method(kernel, paddin
                                params, x, y)
 
     (direct, aux_direct), (fast, aux_fast) = gradient("direct"), gradient(method)
-    for d, f in zip(jax.tree.leaves((direct, aux_direct["free_state"])), jax.tree.leaves((fast, aux_fast["free_state"]))):
+    for d, f in zip(jax.tree.leaves((direct, aux_direct.free_state)), jax.tree.leaves((fast, aux_fast.free_state))):
         np.testing.assert_allclose(f, d, rtol=1e-9, atol=1e-11)  # round-off, amplified by the relaxation

@@ -11,17 +11,18 @@
 | :class:`BPTT` | backpropagation through the unrolled relaxation | exact for the unrolled map |
 | :class:`FiniteDifferences` | central differences of the loss | ``O(epsilon^2)`` |
 
-See :mod:`eqjax.estimators.base` for the ``estimate`` contract (and ``aux["extras"]``, an
-estimator's own training metrics, :class:`Estimator`) and :mod:`eqjax.verify` to measure
+See :mod:`eqjax.estimators.base` for the ``estimate`` contract (and :class:`Estimate`, the
+declared result next to the gradient, whose ``extras`` are an estimator's own training metrics) and :mod:`eqjax.verify` to measure
 any estimator against a reference.
 """
 
-from eqjax.estimators.base import Estimator, contrast_gradient, free_phase_aux, relax_phases
+from eqjax.estimators.base import Estimator, contrast_gradient, relax_phases
+from eqjax.estimators.estimate import Estimate
 from eqjax.estimators.clamped import Contrastive, Coupled, one_hot_target
 from eqjax.estimators.ep import EP, EP_CONTRASTS, RandomSign
 from eqjax.estimators.holomorphic import HolomorphicEP, check_holomorphic_model
 from eqjax.estimators.references import BPTT, FiniteDifferences, ImplicitDiff
 
-__all__ = ["BPTT", "EP", "EP_CONTRASTS", "Contrastive", "Coupled", "Estimator", "FiniteDifferences",
+__all__ = ["BPTT", "EP", "EP_CONTRASTS", "Contrastive", "Coupled", "Estimate", "Estimator", "FiniteDifferences",
            "HolomorphicEP", "ImplicitDiff", "RandomSign", "check_holomorphic_model", "contrast_gradient",
-           "free_phase_aux", "one_hot_target", "relax_phases"]
+           "one_hot_target", "relax_phases"]

@@ -1,6 +1,6 @@
 """The estimator interface and the pieces every phase-contrast rule shares.
 
-Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
+Every estimator subclasses :class:`Estimator` and returns ``(grads, estimate)`` from
 ``estimator.estimate(model, cost, solver, params, x, y, state0=None, key=None)`` on a batch
 (``x`` ``(B, *input_shape)``, ``y`` ``(B,)``):
 
@@ -8,13 +8,11 @@ Every estimator subclasses :class:`Estimator` and returns ``(grads, aux)`` from
   Gradient estimators (EP, holomorphic EP, the references) estimate ``d/dparams mean_b L_b`` with
   ``L_b = C(output(s0_b), y_b)`` the loss at the free equilibrium; contrastive and coupled learning
   are not gradients of a loss in general (see :mod:`eqjax.verify` to measure how far they are);
-- ``aux`` holds per-example ``loss`` (NaN for examples whose free phase went non-finite),
-  ``accuracy`` (0/1; 0 for non-finite examples), ``prediction`` at the free equilibrium,
-  ``free_state`` (for warm starts and persistent particles), ``used`` (the example entered the
-  gradient) and, per phase, :meth:`Equilibrium.summary` (``num_steps``, ``residual``, ``status``,
-  ``converged``);
-- optionally ``aux["extras"]``, the estimator's own values for the training metrics (see
-  :class:`Estimator`).
+- ``estimate`` is an :class:`~eqjax.estimators.Estimate`: per-example ``loss``, ``accuracy``,
+  ``prediction`` and ``used`` (the example entered the gradient), every phase's
+  :class:`~eqjax.Equilibrium` in ``phases`` (``free_state`` is the free one's state, for warm
+  starts and persistent particles), and the estimator's own values for the training metrics in
+  ``extras``.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from eqjax.costs import predict
-from eqjax._equilibrium import Equilibrium
+from eqjax.estimators.estimate import Estimate
 from eqjax.loop import select_examples
 from eqjax.phases import Free
 from eqjax._relaxation import relax_unchecked
@@ -36,59 +33,43 @@ from eqjax._relaxation import relax_unchecked
 class Estimator(struct.PyTreeNode, abc.ABC):
     """The interface of a gradient estimator (a frozen pytree dataclass; numeric fields traced).
 
-    ``estimate`` returns ``(grads, aux)`` (see :mod:`eqjax.estimators.base`). An estimator's own
-    values reach the training metrics through ``aux["extras"]``, a dict ``{name: value}`` with each
-    value a real scalar ``()`` or a per-example array ``(B,)``: :func:`eqjax.summarize` (hence
-    ``train_step``, ``train_epoch`` and ``train_chunk``) reports it as ``metrics[name]``, a scalar
-    as it is and a per-example array as its batch mean (the estimator decides what a non-finite
-    example contributes, e.g. ``jnp.where(aux["used"], value, jnp.nan)``). Other ``aux`` entries
-    stay out of the metrics. A name that is a built-in metric (``loss``, ``accuracy``, ``used``,
-    ``skipped``, ``free_steps``...) or ``"status"``, a value of another shape or a complex value is
-    refused with an error when the step is traced. Under :mod:`eqjax.parallel` ``aux`` comes back
-    sharded over the batch, so extras there must be per-example.
+    ``estimate`` returns ``(grads, estimate)``, ``estimate`` an :class:`Estimate` (see
+    :mod:`eqjax.estimators.base`). An estimator's own values reach the training metrics through
+    ``Estimate.extras``, a dict ``{name: value}`` with each value a real scalar ``()`` or a
+    per-example array ``(B,)``: :func:`eqjax.summarize` (hence ``train_step``, ``train_epoch`` and
+    ``train_chunk``) reports it as ``metrics[name]``, a scalar as it is and a per-example array as
+    its batch mean (the estimator decides what a non-finite example contributes, e.g.
+    ``jnp.where(estimate.used, value, jnp.nan)``). A name that is a built-in metric (``loss``,
+    ``accuracy``, ``used``, ``skipped``, ``free_steps``...), a value of another shape or a complex
+    value is refused with an error when the step is traced. Under :mod:`eqjax.parallel` the
+    estimate comes back sharded over the batch, so extras there must be per-example.
     """
 
     @abc.abstractmethod
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None) -> tuple:
-        """``(grads, aux)`` for the batch (see the module docstring)."""
+        """``(grads, estimate)`` for the batch, ``estimate`` an :class:`Estimate` (see the module
+        docstring)."""
 
     def errors(self) -> dict:
         """``{message: violated}`` for the estimator's traced hyperparameters (see ``eqjax._checks``)."""
         return {}
 
 
-def free_phase_aux(model, cost, free: Equilibrium, y) -> dict:
-    """Loss, accuracy and prediction at the free equilibrium, plus its diagnostics."""
-    outputs = jax.vmap(model.output)(free.state)
-    prediction = predict(outputs)
-    loss = jax.vmap(cost)(outputs, y)
-    if loss.shape != prediction.shape:
-        raise TypeError(f"the cost must return one scalar per example, got shape {loss.shape[1:]} per example")
-    return {
-        "loss": jnp.where(free.nonfinite, jnp.nan, loss),
-        "accuracy": ((prediction == y) & ~free.nonfinite).astype(loss.dtype),  # non-finite: wrong
-        "prediction": prediction,
-        "free_state": free.state,
-        "free": free.summary(),
-    }
-
-
-def extra_values(aux: dict) -> dict:
-    """``{name: scalar}`` from ``aux["extras"]`` (none without it): scalars as they are, per-example
-    ``(B,)`` arrays as their batch mean, ``B = aux["loss"].shape[0]``. Checked at trace time: a
-    dict of real scalars or ``(B,)`` arrays under string names, none of them ``"status"`` (an entry
-    with a ``status`` passes for a phase summary)."""
-    extras = aux.get("extras", {})
+def extra_values(estimate: Estimate) -> dict:
+    """``{name: scalar}`` from ``estimate.extras``: scalars as they are, per-example ``(B,)``
+    arrays as their batch mean, ``B = estimate.loss.shape[0]``. Checked at trace time: a dict of
+    real scalars or ``(B,)`` arrays under string names."""
+    extras = estimate.extras
     if not isinstance(extras, dict):
-        raise TypeError(f'aux["extras"] must be a dict {{name: scalar or (B,) array}}, got {type(extras).__name__}')
-    batch = jnp.shape(aux["loss"])[0]
+        raise TypeError(f"Estimate.extras must be a dict {{name: scalar or (B,) array}}, got {type(extras).__name__}")
+    batch = jnp.shape(estimate.loss)[0]
     values = {}
     for name, value in extras.items():
         value = jnp.asarray(value)
-        if not isinstance(name, str) or name == "status":
-            raise ValueError(f'aux["extras"] names must be strings other than "status", got {name!r}')
+        if not isinstance(name, str):
+            raise ValueError(f"Estimate.extras names must be strings, got {name!r}")
         if value.shape not in ((), (batch,)) or jnp.iscomplexobj(value):
-            raise TypeError(f'aux["extras"][{name!r}] must be a real scalar or a ({batch},) array (one value per '
+            raise TypeError(f"Estimate.extras[{name!r}] must be a real scalar or a ({batch},) array (one value per "
                             f"example), got {value.dtype} of shape {value.shape}")
         values[name] = jnp.mean(value) if value.ndim else value
     return values
@@ -99,7 +80,7 @@ def add_extras(metrics: dict, extras: dict, taken: tuple = ()) -> dict:
     an extra's name is already a metric or in ``taken`` (names set later, such as ``skipped``)."""
     clashes = sorted(set(extras) & (set(metrics) | set(taken)))
     if clashes:
-        raise ValueError(f'aux["extras"] names {clashes} clash with built-in training metrics; rename them '
+        raise ValueError(f"Estimate.extras names {clashes} clash with built-in training metrics; rename them "
                          f"(built-in: {sorted(set(metrics) | set(taken))})")
     return {**metrics, **extras}
 
@@ -124,7 +105,7 @@ def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
 
 
 def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, warm_start: bool,
-                 second_phases: Callable) -> tuple[dict, dict]:
+                 second_phases: Callable) -> Estimate:
     """The free phase, then the phases ``second_phases(free_state) -> {name: Phase}`` (they may
     depend on the free equilibrium, e.g. coupled learning's clamp target).
 
@@ -132,21 +113,19 @@ def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, 
     model's start state, and are relaxed with ``nudged_solver`` (``None``: ``solver``). The input
     field (``model.prepare``) is computed once for all phases.
 
-    Returns ``(equilibria, aux)``: ``{"free": .., name: ..}`` and the free phase's aux (see
-    :func:`free_phase_aux`) with each second phase's summary and ``used`` (finite in every phase).
+    Returns the :class:`Estimate` of the free phase with every second phase added and ``used``
+    (finite in every phase).
     """
     prepared = model.prepare(params, x)
     free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, _split(key, 0), prepared)
-    aux = free_phase_aux(model, cost, free, y)
     start = jax.lax.stop_gradient(free.state) if warm_start else None
     second_solver = solver if nudged_solver is None else nudged_solver
     equilibria = {"free": free}
     for k, (name, phase) in enumerate(second_phases(jax.lax.stop_gradient(free.state)).items(), start=1):
         equilibria[name] = relax_unchecked(model, cost, second_solver, params, x, y, phase, start, _split(key, k),
-                                       prepared)
-        aux[name] = equilibria[name].summary()
-    aux["used"] = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)
-    return equilibria, aux
+                                           prepared)
+    used = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)
+    return Estimate.at_free_phase(model, cost, free, y).with_phases(used, **equilibria)
 
 
 def _split(key, index: int):

@@ -50,7 +50,7 @@ class Contrastive(Estimator):
     free one. There is no nudge strength: the rule is EP's positive form with the output forced
     all the way to the target. ``warm_start`` (static): the clamped phase starts from the free
     equilibrium, with the output at the target. ``clamped_solver`` relaxes the clamped phase
-    (default: the free phase's solver). ``aux["clamped"]`` is its summary.
+    (default: the free phase's solver). The estimate's ``phases["clamped"]`` is its equilibrium.
     """
 
     layer: int = struct.field(pytree_node=False, default=-1)
@@ -68,11 +68,11 @@ class Contrastive(Estimator):
             output = clamped_leaf(free_state, self.layer)
             return {"clamped": Clamp(self.target(y, model.num_outputs, output.dtype), layer=self.layer)}
 
-        equilibria, aux = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
-                                       self.warm_start, phases)
-        grads = contrast_gradient(model, params, equilibria["clamped"].state, equilibria["free"].state, x,
-                                  jnp.ones((), x.dtype), aux["used"])
-        return grads, aux
+        estimate = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
+                                self.warm_start, phases)
+        grads = contrast_gradient(model, params, estimate.phases["clamped"].state, estimate.free_state, x,
+                                  jnp.ones((), x.dtype), estimate.used)
+        return grads, estimate
 
 
 class Coupled(Estimator):
@@ -89,7 +89,8 @@ class Coupled(Estimator):
     EP's for any ``eta``. ``eta`` is traced, real, finite and nonzero (usually in ``(0, 1]``;
     ``eta = 1`` positive is contrastive learning); ``variant``, ``layer``, ``target`` and
     ``warm_start`` are static. ``clamped_solver`` relaxes the clamped phases (default: the free
-    phase's solver). ``aux["positive"]`` / ``aux["negative"]`` are the phases' summaries.
+    phase's solver). The estimate's ``phases["positive"]`` / ``phases["negative"]`` are their
+    equilibria.
     """
 
     eta: float = 0.5
@@ -118,9 +119,9 @@ class Coupled(Estimator):
             return {name: Clamp(output + signs[name] * step, layer=self.layer)
                     for name in second_phase_names(self.variant)}
 
-        equilibria, aux = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
-                                       self.warm_start, phases)
+        estimate = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
+                                self.warm_start, phases)
         high, low, multiple = EP_CONTRASTS[self.variant]
-        grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x,
-                                  multiple * jnp.asarray(self.eta, x.dtype), aux["used"])
-        return grads, aux
+        grads = contrast_gradient(model, params, estimate.phases[high].state, estimate.phases[low].state, x,
+                                  multiple * jnp.asarray(self.eta, x.dtype), estimate.used)
+        return grads, estimate

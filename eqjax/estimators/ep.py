@@ -46,8 +46,8 @@ class EP(Estimator):
     beta use :class:`~eqjax.estimators.HolomorphicEP`.
 
     Examples that go non-finite in any phase are left out of the gradient (the mean is over the
-    others) and reported in ``aux["used"]`` and each phase's ``status`` (``aux["free"]``,
-    ``aux["positive"]``, ``aux["negative"]``).
+    others) and reported in the estimate's ``used`` and each phase's ``status``
+    (``estimate.phases`` ``"free"``, ``"positive"``, ``"negative"``).
     """
 
     beta: float = 0.1
@@ -76,13 +76,13 @@ class EP(Estimator):
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase from ``state0``, then the nudged phase(s); see the class."""
         self.errors()  # a complex beta raises here, also when traced
-        equilibria, aux = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
-                                       self.warm_start, lambda free_state: self.phases())
+        estimate = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
+                                self.warm_start, lambda free_state: self.phases())
         high, low, multiple = EP_CONTRASTS[self.variant]
         scale = multiple * jnp.asarray(self.beta, x.dtype)
-        grads = contrast_gradient(model, params, equilibria[high].state, equilibria[low].state, x, scale,
-                                  aux["used"])
-        return grads, aux
+        grads = contrast_gradient(model, params, estimate.phases[high].state, estimate.phases[low].state, x, scale,
+                                  estimate.used)
+        return grads, estimate
 
 
 class RandomSign(Estimator):
@@ -92,7 +92,7 @@ class RandomSign(Estimator):
 
     ``estimate(..., key)`` splits ``key`` into ``(sign_key, rest)``, draws the sign from
     ``sign_key`` (+1 or -1, each with probability 1/2) and runs ``inner`` with ``sign * beta`` and
-    the key ``rest`` (for stochastic solvers); ``aux`` is ``inner``'s. A key is required (the
+    the key ``rest`` (for stochastic solvers); the estimate is ``inner``'s. A key is required (the
     training loops take one per batch, e.g. ``train_epoch``'s ``keys``); ``train_chunk(...,
     random_sign=True)`` wraps its estimator in this. Under :mod:`eqjax.parallel` each shard gets
     its own key (folded with its index), hence its own sign. ``errors()`` are ``inner``'s.

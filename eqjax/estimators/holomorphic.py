@@ -11,7 +11,8 @@ import numpy as np
 from flax import struct
 
 from eqjax._checks import merge_conditions, shown
-from eqjax.estimators.base import Estimator, contrast_gradient, free_phase_aux, solver_errors
+from eqjax.estimators.base import Estimator, contrast_gradient, solver_errors
+from eqjax.estimators.estimate import Estimate
 from eqjax.phases import Free, Nudge
 from eqjax._relaxation import relax_unchecked
 
@@ -54,8 +55,8 @@ class HolomorphicEP(Estimator):
     Which models qualify: the state must be unbounded and the energy holomorphic in it, e.g.
     ``hopfield(..., energy="smooth")`` (sigmoid activations); boxed models (bilinear and
     hard-sigmoid Hopfield, resistive networks) raise ``ValueError``. The solver must accept complex
-    states (``GradientDescent``, ``Langevin``; not ``BlockCoordinate``). ``aux["nudged"]`` holds the
-    nudged phases' summaries with a leading phase axis ``(N, B)``.
+    states (``GradientDescent``, ``Langevin``; not ``BlockCoordinate``). The estimate's
+    ``phases["nudged"]`` holds the nudged phases' equilibria with a leading phase axis ``(N, B)``.
     """
 
     beta: float = 0.1
@@ -82,7 +83,6 @@ class HolomorphicEP(Estimator):
         prepared = model.prepare(params, x)
         free_key, nudged_key = (None, None) if key is None else jax.random.split(key)
         free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, free_key, prepared)
-        aux = free_phase_aux(model, cost, free, y)
         free_state = jax.lax.stop_gradient(free.state)
         start = free_state if self.warm_start else None
         second = solver if self.nudged_solver is None else self.nudged_solver
@@ -95,10 +95,9 @@ class HolomorphicEP(Estimator):
             nudged = jax.vmap(lambda b: relax_nudged(b, None))(betas)
         else:
             nudged = jax.vmap(relax_nudged)(betas, jax.random.split(nudged_key, self.num_phases))
-        aux["nudged"] = nudged.summary()
         used = ~(free.nonfinite | jnp.any(nudged.nonfinite, axis=0))
-        aux["used"] = used
         scales = self.num_phases * betas  # 1 / weight of each phase
         per_phase = jax.vmap(contrast_gradient, in_axes=(None, None, 0, None, None, 0, None))(
             model, params, nudged.state, free_state, x, scales, used)
-        return jax.tree.map(lambda g: jnp.sum(g, axis=0), per_phase), aux
+        estimate = Estimate.at_free_phase(model, cost, free, y).with_phases(used, nudged=nudged)
+        return jax.tree.map(lambda g: jnp.sum(g, axis=0), per_phase), estimate

@@ -9,7 +9,8 @@ import numpy as np
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from eqjax.estimators.base import Estimator, free_phase_aux
+from eqjax.estimators.base import Estimator
+from eqjax.estimators.estimate import Estimate
 from eqjax.loop import unroll
 from eqjax.phases import Free
 from eqjax._relaxation import relax_unchecked, total_energy
@@ -27,8 +28,9 @@ class ImplicitDiff(Estimator):
     pinned at a bound of their box do not move with the parameters, so they are removed from the
     solve (active set). ``method="dense"`` builds ``H`` per example (small nets); ``"cg"`` solves with
     Hessian-vector products by conjugate gradients (``cg_tol`` traced, ``cg_max_steps`` static).
-    Assumes ``H`` is positive definite on the free units (a strict local minimum); ``aux`` carries
-    ``linear_solve_residual`` (per example, relative) so a failed solve is visible.
+    Assumes ``H`` is positive definite on the free units (a strict local minimum); its estimate's
+    ``extras`` carry ``linear_solve_residual`` (per example, relative; its batch mean reaches the
+    training metrics) so a failed solve is visible.
     """
 
     method: str = struct.field(pytree_node=False, default="dense")
@@ -83,9 +85,8 @@ class ImplicitDiff(Estimator):
 
             return -jnp.mean(jax.vmap(one)(state, x, adjoint))
 
-        aux = free_phase_aux(model, cost, free, y)
-        aux["linear_solve_residual"] = solve_residual
-        return jax.grad(mixed)(params), aux
+        estimate = Estimate.at_free_phase(model, cost, free, y)
+        return jax.grad(mixed)(params), estimate.replace(extras={"linear_solve_residual": solve_residual})
 
 
 class BPTT(Estimator):
@@ -114,7 +115,7 @@ class BPTT(Estimator):
             return jnp.mean(jax.vmap(cost)(outputs, y)), free
 
         grads, free = jax.grad(loss, has_aux=True)(params)
-        return grads, free_phase_aux(model, cost, free, y)
+        return grads, Estimate.at_free_phase(model, cost, free, y)
 
 
 class FiniteDifferences(Estimator):
@@ -150,4 +151,4 @@ class FiniteDifferences(Estimator):
             return (loss(flat + step) - loss(flat - step)) / (2 * self.epsilon)
 
         grads = jax.lax.map(central, jnp.arange(flat.size), batch_size=self.chunk)
-        return unravel(grads.astype(flat.dtype)), free_phase_aux(model, cost, free, y)
+        return unravel(grads.astype(flat.dtype)), Estimate.at_free_phase(model, cost, free, y)
