@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import eqjax
 from benchmarks.run import batch_steps
 from experiments import configs
+from experiments.run_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONV_CONFIGS = ("dchn-cifar10", "conv-cifar10")
@@ -67,9 +68,9 @@ def parse_args(argv=None):
     return args
 
 
-def config_of(name: str, tiny: bool) -> dict:
+def config_of(name: str, tiny: bool):
     """The named config, shrunk by :data:`TINY` when ``tiny``."""
-    config = dict(configs.CONFIGS[name])
+    config = configs.named(name)
     if tiny:
         family = "conv" if config.get("family") == "conv" else "dense"
         config.update({k: v for k, v in TINY.items() if k != "sizes"}, sizes=TINY["sizes"][family])
@@ -77,23 +78,23 @@ def config_of(name: str, tiny: bool) -> dict:
             config.update(kernel=3, padding=1)
             if isinstance(config["learning_rate"], list):  # one rate per layer
                 config["learning_rate"] = config["learning_rate"][: len(config["sizes"]) - 1]
-    return config
+    return RunConfig.from_dict(config)
 
 
-def generated(config: dict, count: int, seed: int = 0):
+def generated(config, count: int, seed: int = 0):
     """``count`` uniform inputs of the config's input size and random labels."""
     kx, ky = jax.random.split(jax.random.key(seed))
-    return (jax.random.uniform(kx, (count, config["sizes"][0]), jnp.float32),
-            jax.random.randint(ky, (count,), 0, config["sizes"][-1]))
+    return (jax.random.uniform(kx, (count, config.sizes[0]), jnp.float32),
+            jax.random.randint(ky, (count,), 0, config.sizes[-1]))
 
 
-def training_seconds(config: dict, batches: int, devices) -> dict:
+def training_seconds(config, batches: int, devices) -> dict:
     """Seconds for ``batches`` training batches of ``config`` as ``make train`` runs them (compiled
     first, then one timed call), and the compile-and-first-call time."""
-    config = dict(config, batches_per_epoch=batches)
+    config = config.updated(batches_per_epoch=batches)
     model, cost, solver, estimator, optimizer = configs.build(config)
     chunk = configs.chunk_function(config, model, cost, optimizer, devices)
-    batch = config["batch_size"]
+    batch = config.batch_size
     x, y = generated(config, 2 * batches * batch)
     params = model.init(jax.random.key(1), jnp.float32)
     carry = (params, optimizer.init(params), configs.initial_state(config, model, len(x)))
@@ -112,23 +113,23 @@ def epoch_figure(name: str, dataset: str, args) -> dict:
     config = config_of(name, args.tiny)
     result = training_seconds(config, args.timing_batches, jax.devices())
     per_batch = result["timed_seconds"] / args.timing_batches
-    return dict(result, seconds_per_epoch=per_batch * EPOCH_EXAMPLES[dataset] / config["batch_size"],
-                batch=config["batch_size"])
+    return dict(result, seconds_per_epoch=per_batch * EPOCH_EXAMPLES[dataset] / config.batch_size,
+                batch=config.batch_size)
 
 
 def sweep_figure(args) -> dict:
     """The 16-member DHN-1H sweep (default mode) against its member function called per member."""
     from benchmarks.sweep import GRID
 
-    config = dict(config_of("dhn-1h", args.tiny), batches_per_epoch=args.sweep_batches)
+    config = config_of("dhn-1h", args.tiny).updated(batches_per_epoch=args.sweep_batches)
     model, cost = configs.build(config)[:2]
-    batch, batches = config["batch_size"], args.sweep_batches
+    batch, batches = config.batch_size, args.sweep_batches
     x, y = generated(config, batches * batch)
     index = jnp.arange(batches * batch).reshape(batches, batch)
     keys = jax.random.split(jax.random.key(0), batches)
 
     def member(h, x, y, index, keys):
-        _, _, solver, estimator, optimizer = configs.build(dict(config, beta=h["beta"], learning_rate=h["learning_rate"]))
+        _, _, solver, estimator, optimizer = configs.build(config.updated(beta=h["beta"], learning_rate=h["learning_rate"]))
         chunk = eqjax.train_chunk(model, cost, optimizer, warm_start=True)
         params = model.init(jax.random.key(0), jnp.float32)
         params, _, _, metrics = chunk(params, optimizer.init(params), configs.initial_state(config, model, 0), solver,

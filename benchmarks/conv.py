@@ -62,11 +62,11 @@ class FeedforwardCase:
     """Backprop through the feedforward CNN of the same layers (clipped to the model's boxes)."""
 
     def __init__(self, x, y, chunk_batches):
-        config = dict(configs.CONFIGS[CONFIG], batches_per_epoch=EPOCH_EXAMPLES // 32)
+        config = configs.named(CONFIG, batches_per_epoch=EPOCH_EXAMPLES // 32)
         model, cost, _, _, optimizer = configs.build(config)
         params = model.init(jax.random.key(0), jnp.float32)
         self.carry = (params, optimizer.init(params))
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config["batch_size"]
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config.batch_size
         self.times, self.steps = [], []
 
         loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(model.feedforward(p, xb), yb))
@@ -133,8 +133,8 @@ def main(argv=None):
     if examples > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {examples} examples, there are 60,000")
     x, y = load_split("fashion-mnist", "train", examples)
-    config = dict(configs.CONFIGS[CONFIG], batches_per_epoch=EPOCH_EXAMPLES // 32)
-    cases = {name: EPCase(dict(config, **overrides), x, y, args.chunk) for name, (overrides, _) in CASES.items()}
+    config = configs.named(CONFIG, batches_per_epoch=EPOCH_EXAMPLES // 32)
+    cases = {name: EPCase(config.updated(**overrides), x, y, args.chunk) for name, (overrides, _) in CASES.items()}
     cases["feedforward"] = FeedforwardCase(x, y, args.chunk)
     compiled = {name: case.compile()[0] for name, case in cases.items()}  # seconds (and MiB)
     for r in range(args.rounds + 1):  # round 0 warms up

@@ -58,11 +58,11 @@ MIB = 2**20
 
 
 def variant_config(name):
-    """The config dict of an EP variant, with ``batches_per_epoch`` set."""
+    """The config of an EP variant, with ``batches_per_epoch`` set."""
 
     base, overrides, _ = VARIANTS[name]
-    config = dict(configs.CONFIGS[base], **overrides)
-    return dict(config, batches_per_epoch=EPOCH_EXAMPLES // config["batch_size"])
+    config = configs.named(base, **overrides)
+    return config.updated(batches_per_epoch=EPOCH_EXAMPLES // config.batch_size)
 
 
 def timed(fn, *args):
@@ -103,7 +103,7 @@ class EPCase:
         self.hyper = (solver, estimator)
         params = model.init(jax.random.key(0))
         self.carry = (params, optimizer.init(params), configs.initial_state(self.config, model, len(x)))
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config["batch_size"]
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, self.config.batch_size
         self.steps, self.times = [], []
 
     def arguments(self, r):
@@ -129,12 +129,12 @@ class BPCase:
     chunk."""
 
     def __init__(self, base, x, y, chunk_batches):
-        config = configs.CONFIGS[base]
-        model, cost = configs.build(dict(config, batches_per_epoch=1))[:2]
+        config = configs.named(base, batches_per_epoch=1)
+        model, cost = configs.build(config)[:2]
         optimizer = optax.sgd(0.05)
         params = model.init(jax.random.key(0))
         self.carry = (params, optimizer.init(params))
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config["batch_size"]
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config.batch_size
 
         def loss(p, xb, yb):
             h = xb
@@ -226,7 +226,7 @@ def summarize(ep, bp, timers, compiled, chunk_batches):
     ep_epochs, bp_epochs = per_epoch(ep, chunk_batches), per_epoch(bp, chunk_batches)
     mean_steps = {k: statistics.mean(s[k] for s in ep.steps[1:]) for k in ep.steps[1]}
     steps = sum(mean_steps.values())
-    terms = limit_terms(ep.config["sizes"], ep.batch)
+    terms = limit_terms(ep.config.sizes, ep.batch)
     batches = EPOCH_EXAMPLES // ep.batch
     limits = [batches * sum((steps * per_step + per_batch) * timers[(kind, shape)][r]
                             for kind, shape, per_step, per_batch in terms)
@@ -243,7 +243,7 @@ def summarize(ep, bp, timers, compiled, chunk_batches):
         "ep_over_limit": statistics.median(e / lim for e, lim in zip(ep_epochs, limits)),
         "gflop_per_epoch": flops * batches / 1e9,
         "ep_xla_mib": compiled[0][1], "bp_xla_mib": compiled[1][1],
-        "batch": ep.batch, "sizes": ep.config["sizes"],
+        "batch": ep.batch, "sizes": list(ep.config.sizes),
     }
 
 
@@ -255,7 +255,7 @@ def main():
     args = parser.parse_args()
     if args.rounds < 1 or args.chunk < 1:
         parser.error("--rounds and --chunk must be at least 1")
-    needed = (args.rounds + 1) * args.chunk * max(variant_config(n)["batch_size"] for n in VARIANTS)
+    needed = (args.rounds + 1) * args.chunk * max(variant_config(n).batch_size for n in VARIANTS)
     if needed > EPOCH_EXAMPLES:
         parser.error(f"{args.rounds + 1} rounds of {args.chunk} batches need {needed} examples, MNIST has 60,000")
 
@@ -263,7 +263,7 @@ def main():
     cases = {name: EPCase(variant_config(name), x, y, args.chunk) for name in VARIANTS}
     cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
     kinds = {(kind, shape) for case in cases.values() if isinstance(case, EPCase)
-             for kind, shape, _, _ in limit_terms(case.config["sizes"], case.batch)}
+             for kind, shape, _, _ in limit_terms(case.config.sizes, case.batch)}
     timers = {key: (ProductPairCase if key[0] == "pair" else MatmulCase)(*key[1]) for key in sorted(kinds)}
     compiled = {name: case.compile() for name, case in cases.items()}  # (seconds, MiB)
     timer_seconds = {key: [] for key in timers}

@@ -46,8 +46,8 @@ EPOCH_BATCHES = 3750  # 60,000 / 16
 PHASES = ("free", "positive", "negative")
 
 
-def config_for(solver: str) -> dict:
-    return dict(configs.CONFIGS["dhn-1h"], solver=solver, batches_per_epoch=EPOCH_BATCHES)
+def config_for(solver: str):
+    return configs.named("dhn-1h", solver=solver, batches_per_epoch=EPOCH_BATCHES)
 
 
 def train(model, cost, x, y, batches: int):
@@ -173,8 +173,8 @@ def main():
     x_test, y_test = load_split("mnist", "test")
     config = config_for("block_coordinate")
     model, cost = configs.build(config)[:2]
-    exact = dict(tol=config["tol"], max_steps=200, check_every=1)
-    as_trained = dict(tol=config["tol"], max_steps=config["free_steps"], check_every=config["check_every"])
+    exact = dict(tol=config.tol, max_steps=200, check_every=1)
+    as_trained = dict(tol=config.tol, max_steps=config.free_steps, check_every=config.check_every)
     settings = {"every sweep tested": exact, "as trained (<= 15, tested every 5)": as_trained}
     result = {"config": "dhn-1h", "batch_size": 16, "relaxation_batches": args.batches, "relaxation": {}}
     rows = []

@@ -50,11 +50,11 @@ MIB = 2**20
 
 def member_function(batches: int):
     """``fn(h, x, y, index, keys)``: DHN-1H trained on ``batches`` batches with member ``h``'s beta and rate."""
-    config = dict(configs.CONFIGS["dhn-1h"], batches_per_epoch=batches)
+    config = configs.named("dhn-1h", batches_per_epoch=batches)
     model, cost = configs.build(config)[:2]
 
     def fn(h, x, y, index, keys):
-        _, _, solver, estimator, optimizer = configs.build(dict(config, beta=h["beta"], learning_rate=h["learning_rate"]))
+        _, _, solver, estimator, optimizer = configs.build(config.updated(beta=h["beta"], learning_rate=h["learning_rate"]))
         chunk = eqjax.train_chunk(model, cost, optimizer, warm_start=True)
         params = model.init(jax.random.key(0), jnp.float32)
         state = configs.initial_state(config, model, 0)
@@ -69,7 +69,7 @@ def bound_function(batches: int):
     """``fn(h, x, y, index, keys)``: only the per-member products of :func:`member_function`'s
     training (input field, weight gradient and SGD update of ``W_1`` at member ``h``'s rate), from
     the same initialisation; the relaxation is replaced by a clip of the input field."""
-    config = dict(configs.CONFIGS["dhn-1h"], batches_per_epoch=batches)
+    config = configs.named("dhn-1h", batches_per_epoch=batches)
     model = configs.build(config)[0]
 
     def fn(h, x, y, index, keys):
@@ -99,7 +99,7 @@ def main():
     parser.add_argument("--members-per-call", type=int, default=4, help="for the memory figure")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "sweep_results.json")
     args = parser.parse_args()
-    batch = configs.CONFIGS["dhn-1h"]["batch_size"]
+    batch = configs.named("dhn-1h").batch_size
     n = args.batches * batch
     x, y = load_split("mnist", "train", n)
     index = jnp.arange(n).reshape(args.batches, batch)

@@ -70,21 +70,21 @@ def main(argv=None):
         raise SystemExit("--epochs must be at least 1")
     config = common.run_config(args.model, args.set, args.epochs, dataset=args.dataset, seed=args.seed,
                                train_limit=args.train_limit, test_limit=args.test_limit, validation=0)
-    if config.get("family") != "conv":
+    if config.family != "conv":
         raise SystemExit(f"--model {args.model} is not a conv config; the baseline is the feedforward CNN")
     data = common.load_data(config, args.data_dir)
-    config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
+    config = config.updated(batches_per_epoch=len(data["x"]) // config.batch_size)
     model, cost, _, _, optimizer = configs.build(config)
-    params = model.init(jax.random.key(config["seed"]), jnp.float32)
+    params = model.init(jax.random.key(config.seed), jnp.float32)
     opt_state, epoch_fn = optimizer.init(params), epoch_function(model, cost, optimizer)
     predict = jax.jit(lambda p, xb: jnp.argmax(model.feedforward(p, xb), axis=-1))  # compiled once
-    augment, augment_key = common.augmentation(config), jax.random.key(config["seed"] + 1)
-    batch, batches, records = config["batch_size"], config["batches_per_epoch"], []
+    augment, augment_key = common.augmentation(config), jax.random.key(config.seed + 1)
+    batch, batches, records = config.batch_size, config.batches_per_epoch, []
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     path = args.runs_dir / f"backprop-{args.model}-{args.dataset}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     for epoch in range(args.epochs):
         start = time.time()
-        order = common.epoch_order(config["seed"], epoch, len(data["x"]), batches * batch)
+        order = common.epoch_order(config.seed, epoch, len(data["x"]), batches * batch)
         xs, ys = data["x"][order].reshape(batches, batch, -1), data["y"][order].reshape(batches, batch)
         if augment is not None:
             xs = augment(xs, jax.random.fold_in(augment_key, epoch))
@@ -96,7 +96,7 @@ def main(argv=None):
         records.append({"epoch": epoch + 1, "train_loss": loss, "test_error": error, "seconds": time.time() - start})
         print(f"epoch {epoch + 1}: train loss {loss:.4f}, test error {100 * error:.2f}%, "
               f"{records[-1]['seconds']:.1f} s", flush=True)
-        runfiles.atomic_write_bytes(path, json.dumps({"config": config, "epochs": records}, indent=2).encode())
+        runfiles.atomic_write_bytes(path, json.dumps({"config": config.to_dict(), "epochs": records}, indent=2).encode())
     return records
 
 

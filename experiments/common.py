@@ -18,6 +18,7 @@ import numpy as np
 
 import eqjax
 from experiments import configs
+from experiments.run_config import RunConfig
 from experiments.splits import load_split
 
 DISTRIBUTED = ("coordinator", "num_processes", "process_id", "distributed", "heartbeat_seconds")
@@ -90,25 +91,32 @@ def apply_overrides(config: dict, overrides: dict, model: str) -> dict:
     return {**config, **overrides}
 
 
-def run_config(model: str, items, epochs: int, **options) -> dict:
+def checked_config(entries: dict, where: str) -> RunConfig:
+    """The :class:`RunConfig` of ``entries``, validated (:func:`configs.validate`); ``SystemExit``
+    naming the problem, prefixed with ``where``."""
+    try:
+        config = RunConfig.from_dict(entries)
+        configs.validate(config)
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"{where}: {error}") from None
+    return config
+
+
+def run_config(model: str, items, epochs: int, **options) -> RunConfig:
     """The named config ``model`` with the ``--set`` ``items`` (``KEY=VALUE``), the run ``options`` (``dataset``,
     ``seed``, limits...) and ``epochs``, validated (``SystemExit`` naming the problem)."""
     if model not in configs.CONFIGS:
         raise SystemExit(f"--model must be one of {sorted(configs.CONFIGS)}, got {model!r}")
-    config = apply_overrides(configs.CONFIGS[model], parse_overrides(items), model)
-    config = dict(config, model=model, **options, epochs=epochs, jax_version=jax.__version__,
-                  backend=jax.default_backend())
-    try:
-        configs.validate(config)
-    except ValueError as error:
-        raise SystemExit(f"--set: {error}") from None
-    return config
+    entries = apply_overrides(configs.CONFIGS[model], parse_overrides(items), model)
+    entries = dict(entries, model=model, **options, epochs=epochs, jax_version=jax.__version__,
+                   backend=jax.default_backend())
+    return checked_config(entries, "--set")
 
 
-def eval_solver(config: dict, solver):
+def eval_solver(config: RunConfig, solver):
     """The solver of test and validation evaluations: ``solver`` with the config's ``eval_steps``
     budget (the training budget when the config has none)."""
-    return solver.replace(max_steps=config.get("eval_steps", solver.max_steps))
+    return solver if config.eval_steps is None else solver.replace(max_steps=config.eval_steps)
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int, count: int) -> np.ndarray:
@@ -118,21 +126,21 @@ def epoch_order(seed: int, epoch: int, num_examples: int, count: int) -> np.ndar
     return np.random.default_rng([seed, epoch]).permutation(num_examples)[:count]
 
 
-def load_data(config: dict, data_dir) -> dict:
+def load_data(config: RunConfig, data_dir) -> dict:
     """Training, validation and test splits (``x``, ``y``, ``x_val``, ``y_val``, ``x_test``,
     ``y_test``), standardised per channel by the training images' statistics when the config says
     ``standardise``; ``SystemExit`` when they cannot make a batch."""
-    x, y = load_split(config["dataset"], "train", config["train_limit"], data_dir)
+    x, y = load_split(config.dataset, "train", config.train_limit, data_dir)
     try:
-        (x, y), (x_val, y_val) = eqjax.data.holdout(x, y, config.get("validation", 0))
+        (x, y), (x_val, y_val) = eqjax.data.holdout(x, y, config.validation)
     except ValueError:
-        raise SystemExit(f"--validation {config.get('validation')} leaves no training example of {len(x)}") from None
-    if len(x) < config["batch_size"]:
+        raise SystemExit(f"--validation {config.validation} leaves no training example of {len(x)}") from None
+    if len(x) < config.batch_size:
         raise SystemExit(f"{len(x)} training examples (--train-limit, --validation) make no batch of "
-                         f"{config['batch_size']}")
-    x_test, y_test = load_split(config["dataset"], "test", config["test_limit"], data_dir)
-    if config.get("standardise", False):
-        mean, std = pixel_statistics(x, config.get("image_shape", [1])[-1])
+                         f"{config.batch_size}")
+    x_test, y_test = load_split(config.dataset, "test", config.test_limit, data_dir)
+    if config.standardise:
+        mean, std = pixel_statistics(x, config.image_shape[-1] if config.image_shape else 1)
         x, x_val, x_test = ((part - mean) / std for part in (x, x_val, x_test))
     return {"x": x, "y": y, "x_val": x_val, "y_val": y_val, "x_test": x_test, "y_test": y_test}
 
@@ -146,15 +154,14 @@ def pixel_statistics(x, channels: int) -> tuple[jax.Array, jax.Array]:
     return tuple(jnp.tile(jnp.asarray(s, x.dtype), x.shape[1] // channels) for s in stats)
 
 
-def augmentation(config: dict):
+def augmentation(config: RunConfig):
     """``augment(xs, key)`` for a chunk of batches ``xs`` ``(chunks, batch, features)``: a random
     crop after ``crop_padding`` pixels of zero padding and a random horizontal flip (``flip``) per
     image (:class:`eqjax.images.Pipeline`; the padding is applied to the inputs as stored, i.e.
     after ``standardise``). ``None`` when the config asks for neither."""
-    if not config.get("crop_padding", 0) and not config.get("flip", False):
+    if not config.crop_padding and not config.flip:
         return None
-    pipeline = eqjax.images.Pipeline(image_shape=tuple(config["image_shape"]), padding=config.get("crop_padding", 0),
-                                     flip=config.get("flip", False))
+    pipeline = eqjax.images.Pipeline(image_shape=config.image_shape, padding=config.crop_padding, flip=config.flip)
     return jax.jit(lambda xs, key: pipeline(xs.reshape(-1, xs.shape[-1]), key).reshape(xs.shape))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -9,9 +10,11 @@ import jax.numpy as jnp
 import optax
 
 import eqjax
+from experiments.run_config import ESTIMATORS, RunConfig
 
-# Each config is plain JSON-able data; `build` turns it into eqjax values. OPTIONAL entries may be
-# absent (a default applies) and can still be set with `--set`.
+# Each config is plain JSON-able data, read into a typed RunConfig (experiments/run_config.py, where
+# every entry's kind and default is declared); `build` turns that into eqjax values. OPTIONAL entries
+# may be absent from a named config (their default applies) and can still be set with `--set`.
 OPTIONAL = ("estimator", "eta", "num_phases", "init_scheme", "linear_output", "nudged_steps", "eval_steps",
             "warm_start", "persistent", "random_sign", "check_every", "history", "mixing", "temperature",
             "anneal", "step_size", "standardise", "crop_padding", "flip", "momentum", "weight_decay",
@@ -121,126 +124,85 @@ CONFIGS = {
 }
 
 
-COSTS = ("squared_error", "squared_error_full", "cross_entropy")
-SOLVERS = ("block_coordinate", "fixed_point", "gradient_descent", "anderson", "langevin")
-ESTIMATORS = ("ep", "holomorphic", "contrastive", "coupled", "implicit", "bptt")
-SCHEDULES = ("exponential", "cosine")
+def named(name: str, **entries) -> RunConfig:
+    """The named config ``name`` with ``entries`` replaced, as a :class:`RunConfig` (kinds checked)."""
+    return RunConfig.from_dict({**CONFIGS[name], **entries})
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-# entry: (test, what it must be)
-RULES = {
-    "sizes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_count(n) for n in v),
-              "a list of at least two positive ints"),
-    "cost": (lambda v: v in COSTS, f"one of {COSTS}"),
-    "solver": (lambda v: v in SOLVERS, f"one of {SOLVERS}"),
-    "estimator": (lambda v: v in ESTIMATORS, f"one of {ESTIMATORS}"),
-    "variant": (lambda v: v in eqjax.estimators.EP_CONTRASTS, f"one of {tuple(eqjax.estimators.EP_CONTRASTS)}"),
-    "energy": (lambda v: v in eqjax.models.ENERGIES, f"one of {eqjax.models.ENERGIES}"),
-    "optimizer": (lambda v: v in ("sgd", "adam"), "'sgd' or 'adam'"),
-    "tol": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "step_size": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "history": (_count, "an int >= 1"),
-    "mixing": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "anneal": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "beta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
-    "eta": (lambda v: _number(v) and v != 0, "a finite nonzero number"),
-    "num_phases": (lambda v: _count(v) and v >= 2, "an int >= 2"),
-    "decay": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "momentum": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "schedule": (lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
-    "conv_method": (lambda v: v in eqjax.models.conv_ops.METHODS, f"one of {eqjax.models.conv_ops.METHODS}"),
-    "crop_padding": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an int >= 0"),
-    "gain": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "input_gain": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "learning_rate": (lambda v: (_number(v) and v >= 0) or (isinstance(v, list) and v and all(_number(r) and r >= 0 for r in v)),
-                      "a number >= 0 or a list of them, one per layer"),
-    **{name: (_count, "an int >= 1") for name in ("batch_size", "free_steps", "nudged_steps", "eval_steps",
-                                                    "check_every", "schedule_epochs")},
-    **{name: (lambda v: isinstance(v, bool), "true or false") for name in ("warm_start", "persistent",
-                                                                            "random_sign", "linear_output",
-                                                                            "standardise", "flip")},
-}
-
-
-def conv_model(config: dict):
+def conv_model(config: RunConfig):
     """The :func:`eqjax.models.conv_hopfield` of a ``family="conv"`` config (``ValueError`` naming a
     bad entry): ``sizes`` lists the input features, the channels of the ``num_conv`` conv layers,
     the dense hidden layers and the outputs; the input features must be those of ``image_shape``."""
-    sizes, count = config["sizes"], config["num_conv"]
-    if not isinstance(count, int) or not 1 <= count <= len(sizes) - 2:
-        raise ValueError(f"num_conv must be an int in [1, {len(sizes) - 2}] (sizes = {sizes}), got {count!r}")
-    if sizes[0] != math.prod(config["image_shape"]):
-        raise ValueError(f"sizes[0] must be the input features of image_shape {config['image_shape']}, got {sizes[0]}")
+    sizes, count = config.sizes, config.num_conv
+    if not 1 <= count <= len(sizes) - 2:
+        raise ValueError(f"num_conv must be an int in [1, {len(sizes) - 2}] (sizes = {list(sizes)}), got {count!r}")
+    if config.image_shape is None or sizes[0] != math.prod(config.image_shape):
+        raise ValueError(f"sizes[0] must be the input features of image_shape {config.image_shape}, got {sizes[0]}")
     return eqjax.models.conv_hopfield(
-        tuple(config["image_shape"]), tuple(sizes[1:1 + count]), num_classes=sizes[-1],
-        kernel=config["kernel"] if isinstance(config["kernel"], int) else tuple(config["kernel"]),
-        padding=config["padding"] if isinstance(config["padding"], int) else tuple(config["padding"]),
-        pooling=config["pooling"] if isinstance(config["pooling"], str) else tuple(config["pooling"]),
-        dense=tuple(sizes[1 + count:-1]), readout=config["readout"], gain=config["gain"],
-        output_bounds=(-jnp.inf, jnp.inf) if config.get("linear_output", False) else None,
-        init_scheme=config.get("init_scheme", "kaiming"), conv_method=config.get("conv_method", "auto"))
+        config.image_shape, sizes[1:1 + count], num_classes=sizes[-1], kernel=config.kernel,
+        padding=config.padding, pooling=config.pooling, dense=sizes[1 + count:-1], readout=config.readout,
+        gain=config.gain, output_bounds=(-jnp.inf, jnp.inf) if config.linear_output else None,
+        init_scheme=config.init_scheme or "kaiming", conv_method=config.conv_method)
 
 
-def validate(config: dict) -> None:
-    """``ValueError`` naming the first config entry that is not of its kind (see ``RULES``)."""
-    for name, (test, what) in RULES.items():
-        if name in config and not test(config[name]):
-            raise ValueError(f"{name} must be {what}, got {config[name]!r}")
-    if config.get("family") == "conv":
-        conv_model(config)  # the architecture's entries, checked by the model's builder
-    if isinstance(config.get("learning_rate"), list) and len(config["learning_rate"]) != len(config["sizes"]) - 1:
-        raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got "
-                         f"{config['learning_rate']}")
-    if (config.get("crop_padding") or config.get("flip")) and config.get("family") != "conv":
-        raise ValueError("crop_padding and flip augment images: they need a conv config (family 'conv')")
-    if config.get("momentum") and config.get("optimizer") == "adam":
-        raise ValueError("momentum applies to SGD; Adam keeps its own moment estimates")
-    extras = [k for k in ("momentum", "weight_decay", "schedule") if k in config]
-    if extras and config.get("family") == "resistive":
-        raise ValueError(f"{extras} are not supported for resistive networks (plain SGD or Adam, then clipping)")
-    if config.get("schedule") == "cosine" and "schedule_epochs" not in config:
-        raise ValueError("schedule 'cosine' needs schedule_epochs (the epochs over which the rate decays to 0)")
-    if config.get("warm_start") and config.get("persistent"):
-        raise ValueError("warm_start and persistent cannot both be true")
-    needed = {"langevin": ("step_size", "temperature"), "gradient_descent": ("step_size",)}.get(config.get("solver"), ())
-    missing = [k for k in needed if k not in config]
-    if missing:
-        raise ValueError(f"solver {config['solver']!r} needs {' and '.join(missing)} (--set {missing[0]}=...)")
+def cross_entry_errors(config: RunConfig) -> dict:
+    """``{message: violated}`` for the rules that tie entries together."""
+    needed = {"langevin": ("step_size", "temperature"), "gradient_descent": ("step_size",)}.get(config.solver, ())
+    missing = [name for name in needed if getattr(config, name) is None] or ["step_size"]
+    return {
+        f"learning_rate needs one rate per layer ({len(config.sizes) - 1}), got {config.learning_rate}":
+            isinstance(config.learning_rate, tuple) and len(config.learning_rate) != len(config.sizes) - 1,
+        "crop_padding and flip augment images: they need a conv config (family 'conv')":
+            bool(config.crop_padding or config.flip) and config.family != "conv",
+        "momentum applies to SGD; Adam keeps its own moment estimates": bool(config.momentum) and config.optimizer == "adam",
+        "momentum, weight_decay and schedule are not supported for resistive networks (plain SGD or Adam, then "
+        "clipping)": config.family == "resistive" and bool(config.momentum or config.weight_decay or
+                                                           config.schedule != "exponential"),
+        "schedule 'cosine' needs schedule_epochs (the epochs over which the rate decays to 0)":
+            config.schedule == "cosine" and config.schedule_epochs is None,
+        "warm_start and persistent cannot both be true": config.warm_start and config.persistent,
+        f"solver {config.solver!r} needs {' and '.join(missing)} (--set {missing[0]}=...)":
+            any(getattr(config, name) is None for name in needed),
+    }
 
 
-def build(config: dict):
-    """``(model, cost, solver, estimator, optimizer)`` for a config and a number of batches per
-    epoch (``config["batches_per_epoch"]``, used by the per-epoch learning-rate decay)."""
-    if config.get("family") == "conv":
+def validate(config: RunConfig) -> None:
+    """``ValueError`` naming the first problem of ``config``: an entry not of its kind
+    (:meth:`RunConfig.check_kinds`), entries that do not go together, or a value that the object
+    built from it refuses (the model's builder, the solver's and the estimator's ``errors()``:
+    ``tol >= 0``, ``beta`` finite and nonzero, a positive step size...)."""
+    config.check_kinds()
+    for message, violated in cross_entry_errors(config).items():
+        if violated:
+            raise ValueError(message)
+    _, _, solver, estimator, _ = build(dataclasses.replace(config, batches_per_epoch=config.batches_per_epoch or 1))
+    for message, violated in {**solver.errors(), **estimator.errors()}.items():
+        if bool(jnp.any(violated)):
+            raise ValueError(message)
+
+
+def build(config: RunConfig):
+    """``(model, cost, solver, estimator, optimizer)`` of a config with its ``batches_per_epoch``
+    (used by the learning-rate schedules)."""
+    if config.family == "conv":
         model = conv_model(config)
-    elif config.get("family") == "resistive":
-        model = eqjax.models.resistive(tuple(config["sizes"]), input_gain=config["input_gain"],
-                                       bias=config["bias"], init_scheme=config["init_scheme"])
+    elif config.family == "resistive":
+        model = eqjax.models.resistive(config.sizes, input_gain=config.input_gain, bias=config.bias,
+                                       init_scheme=config.init_scheme or "kaiming")
     else:
-        linear = config.get("linear_output", False)  # unbounded outputs (Scellier et al.'s DHN code)
-        model = eqjax.models.hopfield(tuple(config["sizes"]), energy=config["energy"], gain=config["gain"],
-                                      output_bounds=(-jnp.inf, jnp.inf) if linear else None,
-                                      init_scheme=config.get("init_scheme", "glorot"))
+        model = eqjax.models.hopfield(config.sizes, energy=config.energy, gain=config.gain,  # linear outputs:
+                                      output_bounds=(-jnp.inf, jnp.inf) if config.linear_output else None,  # DHN code
+                                      init_scheme=config.init_scheme or "glorot")
     cost = {"squared_error": eqjax.costs.squared_error(),
             "squared_error_full": eqjax.costs.squared_error(half=False),
-            "cross_entropy": eqjax.costs.cross_entropy()}[config["cost"]]
-    solver = make_solver(config, config["free_steps"])
-    nudged = make_solver(config, config["nudged_steps"]) if "nudged_steps" in config else None
+            "cross_entropy": eqjax.costs.cross_entropy()}[config.cost]
+    solver = make_solver(config, config.free_steps)
+    nudged = None if config.nudged_steps is None else make_solver(config, config.nudged_steps)
     estimator = make_estimator(config, nudged)
     return model, cost, solver, estimator, make_optimizer(config)
 
 
-def chunk_function(config: dict, model, cost, optimizer, devices=None):
+def chunk_function(config: RunConfig, model, cost, optimizer, devices=None):
     """The jitted :func:`eqjax.train_chunk` with the config's state options: ``chunk(params,
     opt_state, state, solver, estimator, xs, ys, index, keys)``. With more than one of ``devices``
     every batch is sharded over them (:func:`eqjax.parallel.sharded_train_step`).
@@ -251,20 +213,20 @@ def chunk_function(config: dict, model, cost, optimizer, devices=None):
     """
     step = eqjax.parallel.sharded_train_step(model, cost, optimizer, devices) if devices and len(devices) > 1 else None
     return jax.jit(eqjax.train_chunk(
-        model, cost, optimizer, warm_start=config.get("warm_start", False),
-        persistent=config.get("persistent", False), random_sign=config.get("random_sign", False), step=step),
+        model, cost, optimizer, warm_start=config.warm_start, persistent=config.persistent,
+        random_sign=config.random_sign, step=step),
         donate_argnums=(0, 1, 2))
 
 
-def initial_state(config: dict, model, num_examples: int) -> tuple:
+def initial_state(config: RunConfig, model, num_examples: int) -> tuple:
     """Zero carried state: one row per example for persistent particles, else one batch."""
-    rows = num_examples if config.get("persistent", False) else config["batch_size"]
-    if config.get("family") == "conv":
+    rows = num_examples if config.persistent else config.batch_size
+    if config.family == "conv":
         return tuple(jnp.zeros((rows, *shape), jnp.float32) for shape in model.layer_shapes)
     return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
 
 
-def make_estimator(config: dict, second_solver=None):
+def make_estimator(config: RunConfig, second_solver=None):
     """The config's learning rule (``estimator``, default ``"ep"``):
 
     - ``"ep"``: EP with ``beta`` and ``variant``; ``"holomorphic"``: holomorphic EP with radius
@@ -275,44 +237,43 @@ def make_estimator(config: dict, second_solver=None):
       (backpropagation through the free phase's ``free_steps`` solver updates: the truncated BP of
       Scellier et al. 2024).
     """
-    kind = config.get("estimator", "ep")
+    kind = config.estimator
     if kind == "implicit":
         return eqjax.estimators.ImplicitDiff()
     if kind == "bptt":
-        return eqjax.estimators.BPTT(num_steps=config["free_steps"])
+        return eqjax.estimators.BPTT(num_steps=config.free_steps)
     if kind == "holomorphic":
-        return eqjax.estimators.HolomorphicEP(beta=config["beta"], num_phases=config.get("num_phases", 4),
+        return eqjax.estimators.HolomorphicEP(beta=config.beta, num_phases=config.num_phases,
                                              nudged_solver=second_solver)
     if kind == "contrastive":
         return eqjax.estimators.Contrastive(clamped_solver=second_solver)
     if kind == "coupled":
-        return eqjax.estimators.Coupled(eta=config.get("eta", 0.5), variant=config["variant"],
-                                        clamped_solver=second_solver)
+        return eqjax.estimators.Coupled(eta=config.eta, variant=config.variant, clamped_solver=second_solver)
     if kind != "ep":
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
-    return eqjax.estimators.EP(beta=config["beta"], variant=config["variant"], nudged_solver=second_solver)
+    return eqjax.estimators.EP(beta=config.beta, variant=config.variant, nudged_solver=second_solver)
 
 
-def make_solver(config: dict, max_steps: int):
+def make_solver(config: RunConfig, max_steps: int):
     """The config's solver with ``max_steps``; ``check_every`` (default 1) sets how often it tests
     the tolerance. ``"fixed_point"``: even/odd sweeps ``s <- clip(s - dF/ds)``; ``"anderson"``:
     Anderson acceleration of block-coordinate sweeps (``history``, default 5; ``mixing``, default 1);
     ``"langevin"``: noisy gradient steps (``step_size``, ``temperature``, ``anneal`` default 1; needs
     a PRNG key)."""
-    tested = dict(tol=config["tol"], max_steps=max_steps, check_every=config.get("check_every", 1))
-    if config["solver"] == "block_coordinate":
+    tested = dict(tol=config.tol, max_steps=max_steps, check_every=config.check_every)
+    if config.solver == "block_coordinate":
         return eqjax.solvers.BlockCoordinate(**tested)
-    if config["solver"] == "fixed_point":
+    if config.solver == "fixed_point":
         return eqjax.solvers.FixedPoint(**tested)
-    if config["solver"] == "anderson":
-        return eqjax.solvers.Anderson(history=config.get("history", 5), mixing=config.get("mixing", 1.0), **tested)
-    if config["solver"] == "langevin":
-        return eqjax.solvers.Langevin(step_size=config["step_size"], temperature=config["temperature"],
-                                      anneal=config.get("anneal", 1.0), **tested)
-    return eqjax.solvers.GradientDescent(step_size=config["step_size"], **tested)
+    if config.solver == "anderson":
+        return eqjax.solvers.Anderson(history=config.history, mixing=config.mixing, **tested)
+    if config.solver == "langevin":
+        return eqjax.solvers.Langevin(step_size=config.step_size, temperature=config.temperature,
+                                      anneal=config.anneal, **tested)
+    return eqjax.solvers.GradientDescent(step_size=config.step_size, **tested)
 
 
-def make_optimizer(config: dict) -> optax.GradientTransformation:
+def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
     """SGD (Adam with ``optimizer="adam"``) with a per-epoch exponential decay (``decay``), or with
     ``schedule="cosine"`` a cosine decay to 0 over ``schedule_epochs`` (per batch, Loshchilov &
     Hutter 2017); SGD takes an optional ``momentum``, and ``weight_decay`` adds ``weight_decay *
@@ -322,30 +283,30 @@ def make_optimizer(config: dict) -> optax.GradientTransformation:
     clipping the conductances at zero."""
 
     def schedule(rate):
-        if config.get("schedule") == "cosine":
-            return optax.cosine_decay_schedule(rate, config["schedule_epochs"] * config["batches_per_epoch"])
-        return optax.exponential_decay(rate, transition_steps=config["batches_per_epoch"],
-                                       decay_rate=config["decay"], staircase=True)
+        if config.schedule == "cosine":
+            return optax.cosine_decay_schedule(rate, config.schedule_epochs * config.batches_per_epoch)
+        return optax.exponential_decay(rate, transition_steps=config.batches_per_epoch, decay_rate=config.decay,
+                                       staircase=True)
 
     def sgd(rate):
-        if config.get("optimizer") == "adam":
+        if config.optimizer == "adam":
             rule = optax.adam(schedule(rate))
         else:
-            rule = optax.sgd(schedule(rate), momentum=config.get("momentum") or None)
-        if config.get("weight_decay"):
-            return optax.chain(optax.add_decayed_weights(config["weight_decay"]), rule)
+            rule = optax.sgd(schedule(rate), momentum=config.momentum or None)
+        if config.weight_decay:
+            return optax.chain(optax.add_decayed_weights(config.weight_decay), rule)
         return rule
 
-    rates = config["learning_rate"]
-    if config.get("family") == "resistive":  # conductances stay non-negative after every update
-        rule = optax.adam if config.get("optimizer") == "adam" else optax.sgd
-        schedule = optax.exponential_decay(rates, config["batches_per_epoch"], config["decay"], staircase=True)
+    rates = config.learning_rate
+    if config.family == "resistive":  # conductances stay non-negative after every update
+        rule = optax.adam if config.optimizer == "adam" else optax.sgd
+        schedule = optax.exponential_decay(rates, config.batches_per_epoch, config.decay, staircase=True)
         clip = optax.masked(eqjax.analog.memristors.conductance_bounds(0.0), eqjax.models.conductance_mask)
         return optax.chain(rule(schedule), clip)
-    if not isinstance(rates, list):
+    if not isinstance(rates, tuple):
         return sgd(rates)
-    if len(rates) != len(config["sizes"]) - 1:
-        raise ValueError(f"learning_rate needs one rate per layer ({len(config['sizes']) - 1}), got {rates}")
+    if len(rates) != len(config.sizes) - 1:
+        raise ValueError(f"learning_rate needs one rate per layer ({len(config.sizes) - 1}), got {list(rates)}")
     layers = tuple(f"layer{i}" for i in range(len(rates)))
     return optax.multi_transform(
         {name: sgd(rate) for name, rate in zip(layers, rates)}, {"weights": layers, "biases": layers}

@@ -33,19 +33,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if min(args.steps) < 1 or args.test_limit < 1:
         raise SystemExit("--steps and --test-limit must be at least 1")
-    config = json.loads((args.run / "config.json").read_text())
-    config["batches_per_epoch"] = 1  # only the optimizer's schedule reads it; unused here
-    model, cost, solver, _, _ = configs.build(config)
-    data = common.load_data(dict(config, test_limit=args.test_limit), args.data_dir)
+    config = common.checked_config(json.loads((args.run / "config.json").read_text()), f"{args.run}/config.json")
+    model, cost, solver, _, _ = configs.build(config.updated(batches_per_epoch=config.batches_per_epoch or 1))
+    data = common.load_data(config.updated(test_limit=args.test_limit), args.data_dir)
     stored = runfiles.read_checkpoint(args.run / "checkpoint.msgpack")  # checksum verified
     params = serialization.from_state_dict(model.init(jax.random.key(0), jnp.float32), stored["params"])
     x, y = data["x_test"], data["y_test"]
     rows = []
-    if config.get("family") == "conv":
+    if config.family == "conv":
         error = float(jnp.mean(jnp.argmax(model.feedforward(params, x), axis=-1) != y))
         print(f"feedforward pass of the same weights: test error {100 * error:.2f}%")
     for steps in args.steps:
-        key = jax.random.key(config["seed"])
+        key = jax.random.key(config.seed)
         result = eqjax.error_rate(model, cost, solver.replace(max_steps=steps), params, x, y, key, batch_size=500)
         error, converged = float(result["error"]), float(result["converged"])
         rows.append({"sweeps": steps, "test_error": error, "converged": converged})

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import eqjax
 from experiments import common, configs, runfiles
+from experiments.run_config import RunConfig
 from experiments.splits import load_split
 from eqjax.analog import memristors  # noqa: E402
 
@@ -36,13 +37,13 @@ def train_and_test(config, device, data, epochs, seed) -> float:
     start), its data order and its evaluation budget."""
     x, y, x_test, y_test = data
     model, cost, solver, estimator, _ = configs.build(config)
-    schedule = optax.exponential_decay(config["learning_rate"], config["batches_per_epoch"], config["decay"], staircase=True)
+    schedule = optax.exponential_decay(config.learning_rate, config.batches_per_epoch, config.decay, staircase=True)
     # the device writes conductances; bias currents (programmable current sources) take the update as is
     optimizer = optax.chain(optax.sgd(schedule), optax.masked(device, eqjax.models.conductance_mask))
     params = model.init(jax.random.key(seed))
     opt_state, state = optimizer.init(params), configs.initial_state(config, model, len(x))
     chunk = configs.chunk_function(config, model, cost, optimizer)
-    batch = config["batch_size"]
+    batch = config.batch_size
     batches = len(x) // batch
     for e in range(epochs):
         order = jnp.asarray(common.epoch_order(seed, e, len(x), batches * batch).reshape(batches, batch))
@@ -98,7 +99,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     data = (*load_split(args.dataset, "train", args.train_limit), *load_split(args.dataset, "test", args.test_limit))
-    config = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=args.train_limit // configs.CONFIGS["drn-xs"]["batch_size"])
+    config = RunConfig.from_dict(configs.CONFIGS["drn-xs"])
+    config = config.updated(batches_per_epoch=args.train_limit // config.batch_size)
     settings = ([("ideal", None, 0.0)] + [("nearest", L, 0.0) for L in args.levels]
                 + [("stochastic", L, 0.0) for L in args.levels]
                 + [("noise", args.noise_levels, s) for s in args.noise])

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import eqjax
 from experiments import common, configs, runfiles
+from experiments.run_config import RunConfig
 
 TRACED = ("beta", "eta", "learning_rate", "tol", "step_size", "decay", "seed")
 EVAL_BATCH = 1000
@@ -50,29 +51,26 @@ class SweepPlan:
     members_per_call: int | None = None
 
 
-def check(plan: SweepPlan) -> dict:
+def check(plan: SweepPlan) -> RunConfig:
     """The base config of every member (``SystemExit`` naming the problem when the plan cannot
     train: an unknown model or key, a member whose config is invalid, augmentation)."""
     if plan.model not in configs.CONFIGS:
         raise SystemExit(f"--model must be one of {sorted(configs.CONFIGS)}, got {plan.model!r}")
-    base = common.apply_overrides(configs.CONFIGS[plan.model], plan.overrides, plan.model)
+    entries = common.apply_overrides(configs.CONFIGS[plan.model], plan.overrides, plan.model)
     if not plan.grid:
         raise SystemExit("give at least one --grid KEY=V1,V2,...")
     for key in plan.grid:
-        if key != "seed" and key not in base and key not in configs.OPTIONAL:
-            raise SystemExit(f"--grid {key}: the config has no entry {key!r} (has {sorted(base)})")
+        if key != "seed" and key not in entries and key not in configs.OPTIONAL:
+            raise SystemExit(f"--grid {key}: the config has no entry {key!r} (has {sorted(entries)})")
     if plan.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1, got {plan.epochs}")
     if plan.members_per_call is not None and plan.members_per_call < 1:
         raise SystemExit(f"--members-per-call must be at least 1, got {plan.members_per_call}")
     for member in member_table(plan.grid):  # every member's config must make sense before anything is written
-        try:
-            configs.validate(dict(base, **member))
-        except ValueError as error:
-            raise SystemExit(f"--grid/--set: {error}") from None
-        if dict(base, **member).get("crop_padding") or dict(base, **member).get("flip"):
+        config = common.checked_config({**entries, **member}, "--grid/--set")
+        if config.crop_padding or config.flip:
             raise SystemExit("make sweep does not augment images (crop_padding, flip); train such configs with make train")
-    return base
+    return RunConfig.from_dict(entries)
 
 
 def new_directory(plan: SweepPlan, runs_dir: Path, argv=None) -> Path:
@@ -94,7 +92,7 @@ def read_plan(run_dir: Path) -> SweepPlan:
                          "nothing was changed") from None
 
 
-def execute(plan: SweepPlan, base: dict, run_dir, data_dir=None, primary: bool = True):
+def execute(plan: SweepPlan, base: RunConfig, run_dir, data_dir=None, primary: bool = True):
     """Train the members of ``run_dir`` not yet in its ``results.csv`` from ``base`` (the config
     :func:`check` returned for the plan), holding the directory's lock (first process only; ``run_dir`` is
     ``None`` on the others); returns ``run_dir``."""
@@ -111,23 +109,22 @@ def member_table(axes: dict) -> list[dict]:
     return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
-def member_function(config: dict, traced_keys: tuple, num_train: int):
+def member_function(config: RunConfig, traced_keys: tuple, num_train: int):
     """``fn(h, x, y, x_val, y_val, x_test, y_test, orders, keys)`` training one member for
     ``len(orders)`` epochs; ``h`` holds the member's traced values."""
-    static_model, cost = configs.build(dict(config))[:2]
+    static_model, cost = configs.build(config)[:2]
 
     def fn(h, x, y, x_val, y_val, x_test, y_test, orders, keys):
-        member = dict(config, **{k: h[k] for k in traced_keys if k != "seed"})
+        member = config.updated(**{k: h[k] for k in traced_keys if k != "seed"})
         _, _, solver, estimator, optimizer = configs.build(member)
         eval_solver = common.eval_solver(config, solver)
         error = lambda params, x, y, key: eqjax.error_rate(static_model, cost, eval_solver, params, x, y, key,
                                                            batch_size=EVAL_BATCH)["error"]
-        seed = h["seed"] if "seed" in traced_keys else config["seed"]
+        seed = h["seed"] if "seed" in traced_keys else config.seed
         params = static_model.init(jax.random.key(seed), jnp.float32)
         state = configs.initial_state(config, static_model, num_train)
-        chunk = eqjax.train_chunk(static_model, cost, optimizer, warm_start=config.get("warm_start", False),
-                                  persistent=config.get("persistent", False),
-                                  random_sign=config.get("random_sign", False))
+        chunk = eqjax.train_chunk(static_model, cost, optimizer, warm_start=config.warm_start,
+                                  persistent=config.persistent, random_sign=config.random_sign)
 
         def epoch(carry, data):
             order, epoch_keys = data
@@ -210,17 +207,17 @@ def plot(run_dir: Path, axes: dict, rows: list[dict], epochs: int):
     plt.close(fig)
 
 
-def shared_inputs(plan: SweepPlan, base: dict, data_dir) -> tuple:
+def shared_inputs(plan: SweepPlan, base: RunConfig, data_dir) -> tuple:
     """The arrays every member trains on: the splits of make train (standardised when the config
     says so; the test split stands in for validation without ``--validation``, the papers'
     setting, reported as such), each epoch's data order ``(epochs, batches, batch)`` and the
     batches' PRNG keys."""
-    data = common.load_data(dict(base, dataset=plan.dataset, train_limit=plan.train_limit, test_limit=plan.test_limit,
-                                 validation=plan.validation), data_dir)
+    data = common.load_data(base.updated(dataset=plan.dataset, train_limit=plan.train_limit,
+                                         test_limit=plan.test_limit, validation=plan.validation), data_dir)
     x, y, x_val, y_val, x_test, y_test = (data[k] for k in ("x", "y", "x_val", "y_val", "x_test", "y_test"))
     if plan.validation == 0:
         x_val, y_val = x_test, y_test
-    batch = base["batch_size"]
+    batch = base.batch_size
     batches = len(x) // batch
     orders = np.stack([common.epoch_order(plan.data_seed, e, len(x), batches * batch).reshape(batches, batch)
                        for e in range(plan.epochs)])
@@ -260,7 +257,7 @@ def member_row(out: dict, member: dict, axes: dict, seconds: float) -> dict:
     return row
 
 
-def run_members(plan: SweepPlan, base: dict, run_dir, primary: bool, data_dir=None):
+def run_members(plan: SweepPlan, base: RunConfig, run_dir, primary: bool, data_dir=None):
     """Train the members of the sweep not yet in ``results.csv`` (appending a row per member as it
     finishes), then plot and report; ``run_dir`` is ``None`` on processes other than the first."""
     shared, axes = shared_inputs(plan, base, data_dir), plan.grid
@@ -272,8 +269,7 @@ def run_members(plan: SweepPlan, base: dict, run_dir, primary: bool, data_dir=No
     with open(results, "a", newline="") if primary else contextlib.nullcontext() as f:
         writer = csv.DictWriter(f, fieldnames=fields) if primary else None
         for static, group in groups.items():
-            config = dict(base, **{k: json.loads(v) for k, v in static},
-                          batches_per_epoch=shared[6].shape[1], seed=base.get("seed", 0))
+            config = base.updated(**{k: json.loads(v) for k, v in static}, batches_per_epoch=shared[6].shape[1])
             traced_keys = tuple(k for k in axes if k not in dict(static))
             grid = {k: np.asarray([m[k] for m in group]) for k in traced_keys} or {"_": np.zeros(len(group))}
             start = time.time()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -47,6 +48,7 @@ from tqdm import tqdm
 
 import eqjax
 from experiments import common, configs, runfiles
+from experiments.run_config import RunConfig
 
 
 # Options that define a run: set when it starts, never changed by --resume.
@@ -120,7 +122,7 @@ def check_options(args):
                              "--checkpoint-seconds, --data-dir and --devices may be given)")
 
 
-def new_config(args) -> dict:
+def new_config(args) -> RunConfig:
     """The named config with ``--set`` overrides and the run options, validated."""
     options = {name: default if getattr(args, name) is None else getattr(args, name)
                for name, default in RUN_OPTIONS.items()}
@@ -130,7 +132,7 @@ def new_config(args) -> dict:
     return common.run_config(model, args.set, args.epochs or 5, **options)
 
 
-def resumed_config(args) -> dict:
+def resumed_config(args) -> RunConfig:
     """The config of the run directory being resumed, with a new ``--epochs`` if given."""
     path = args.resume / "config.json"
     try:
@@ -146,17 +148,13 @@ def resumed_config(args) -> dict:
         raise SystemExit(f"--resume {args.resume}: config.json lacks {missing or ['model']} (was it edited?); "
                          "nothing was changed")
     config["epochs"] = args.epochs or config["epochs"]
-    try:
-        configs.validate(config)
-    except ValueError as error:
-        raise SystemExit(f"--resume {args.resume}: config.json: {error}; nothing was changed") from None
-    return config
+    return common.checked_config(config, f"--resume {args.resume}: config.json (nothing was changed)")
 
 
-def new_run_dir(runs_dir: Path, config: dict, overrides: list) -> Path:
+def new_run_dir(runs_dir: Path, config: RunConfig, overrides: list) -> Path:
     """A fresh directory ``<model>-<dataset>-seed<seed>-<time>[-<hash of --set>]``, suffixed ``-2``,
     ``-3``... if taken (two runs started in the same second never share one)."""
-    name = f"{config['model']}-{config['dataset']}-seed{config['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{config.model}-{config.dataset}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     if overrides:
         name += "-" + hashlib.sha1(json.dumps(sorted(overrides)).encode()).hexdigest()[:6]
     return runfiles.fresh_directory(runs_dir, name)
@@ -209,15 +207,15 @@ def written_before(record, position) -> bool:
     return (record["epoch"], record["batch_end"]) <= (position["epoch"], position["batch"])
 
 
-def early_stop(config: dict, epochs_done: list) -> bool:
+def early_stop(config: RunConfig, epochs_done: list) -> bool:
     """With ``patience``: whether the last ``patience`` epochs brought no better validation error
     (then the best epoch is printed)."""
-    if not config.get("patience") or not epochs_done:
+    if not config.patience or not epochs_done:
         return False
     best = min(epochs_done, key=lambda r: r["validation_error"])
-    if epochs_done[-1]["epoch"] - best["epoch"] < config["patience"]:
+    if epochs_done[-1]["epoch"] - best["epoch"] < config.patience:
         return False
-    say(f"early stop: no better validation error for {config['patience']} epochs; best epoch {best['epoch']} "
+    say(f"early stop: no better validation error for {config.patience} epochs; best epoch {best['epoch']} "
         f"(validation {100 * best['validation_error']:.2f}%, test {100 * best['test_error']:.2f}%), its "
         "parameters in best.msgpack")
     return True
@@ -239,7 +237,7 @@ class Training:
         self.run_dir = self.checkpoint = self.metrics_path = None  # use_directory sets them
         self.chunk_fn = configs.chunk_function(config, self.model, self.cost, self.optimizer, devices)
         self.eval_solver = common.eval_solver(config, self.solver)
-        self.base_key = jax.random.key(config["seed"] + 1)
+        self.base_key = jax.random.key(config.seed + 1)
         self.eval_key, self.augment_key = jax.random.split(self.base_key)  # apart from the batches' keys
         self.augment = common.augmentation(config)
         self.chunks_done, self.last_save = 0, time.monotonic()
@@ -288,10 +286,10 @@ class Training:
         """Trace one training batch with abstract values (nothing runs): whatever the config gets
         wrong at trace time (a learning rule the model cannot use, ...) stops the run here, before
         a directory is created."""
-        params = self.model.init(jax.random.key(self.config["seed"]), jnp.float32)
+        params = self.model.init(jax.random.key(self.config.seed), jnp.float32)
         opt_state = self.optimizer.init(params)
         state = configs.initial_state(self.config, self.model, len(self.data["x"]))
-        index = jnp.arange(self.config["batch_size"]).reshape(1, -1)
+        index = jnp.arange(self.config.batch_size).reshape(1, -1)
         try:
             jax.eval_shape(self.chunk_fn, params, opt_state, state, self.solver, self.estimator, self.data["x"][index],
                            self.data["y"][index], index, jax.random.split(self.base_key, 1))
@@ -300,7 +298,7 @@ class Training:
 
     def start_state(self, resume: bool):
         """``(params, opt_state, state, position)`` from initialisation or the run's checkpoint."""
-        params = self.model.init(jax.random.key(self.config["seed"]), jnp.float32)
+        params = self.model.init(jax.random.key(self.config.seed), jnp.float32)
         opt_state = self.optimizer.init(params)
         state = configs.initial_state(self.config, self.model, len(self.data["x"]))
         position = {"epoch": 0, "batch": 0}
@@ -375,7 +373,7 @@ class Training:
         record = {"kind": "epoch", "epoch": epoch + 1, "train_error": train_error, "test_error": error,
                   "test_converged": converged, "epoch_seconds": seconds}
         validation = ""
-        if self.config.get("validation"):
+        if self.config.validation:
             record["validation_error"], record["validation_converged"] = self.error(
                 params, self.data["x_val"], self.data["y_val"], jax.random.fold_in(key, 1))
             validation = f", validation error {100 * record['validation_error']:.2f}%"
@@ -392,7 +390,7 @@ class Training:
         epochs_done = [r for r in self.records if r["kind"] == "epoch"]
         # best.msgpack before the epoch's checkpoint: a kill in between resumes inside this epoch,
         # which retrains it to the same parameters and saves best.msgpack again
-        best = self.config.get("validation") and min(epochs_done, key=lambda r: r["validation_error"])
+        best = self.config.validation and min(epochs_done, key=lambda r: r["validation_error"])
         if best and best["epoch"] == epoch + 1:
             best_params = self.to_host(params)
             if self.primary:
@@ -403,19 +401,19 @@ class Training:
         return bool(best) and early_stop(self.config, epochs_done)
 
     def run(self, carry, position) -> bool:
-        """Train up to ``config["epochs"]``; False when stopped by ``--stop-after-chunks``."""
-        config, batch = self.config, self.config["batch_size"]
+        """Train up to ``config.epochs``; False when stopped by ``--stop-after-chunks``."""
+        config, batch = self.config, self.config.batch_size
         batches = len(self.data["x"]) // batch
         with open(self.metrics_path, "a") if self.primary else io.StringIO() as log:
-            for epoch in range(position["epoch"], config["epochs"]):
-                order = common.epoch_order(config["seed"], epoch, len(self.data["x"]), batches * batch)
+            for epoch in range(position["epoch"], config.epochs):
+                order = common.epoch_order(config.seed, epoch, len(self.data["x"]), batches * batch)
                 order = jnp.asarray(order.reshape(batches, batch))
                 start = time.time()
-                bar = tqdm(total=batches, initial=position["batch"], desc=f"epoch {epoch + 1}/{config['epochs']}",
+                bar = tqdm(total=batches, initial=position["batch"], desc=f"epoch {epoch + 1}/{config.epochs}",
                            unit="batch", dynamic_ncols=True, disable=not self.primary)
-                for first in range(position["batch"], batches, config["chunk"]):
+                for first in range(position["batch"], batches, config.chunk):
                     carry, position, stopping = self.run_chunk(carry, epoch, order, first,
-                                                               min(first + config["chunk"], batches), log, bar)
+                                                               min(first + config.chunk, batches), log, bar)
                     if stopping:
                         bar.close()
                         say(f"stopped after {self.chunks_done} chunks (checkpoint in {self.run_dir})")
@@ -427,13 +425,13 @@ class Training:
         return True
 
 
-def report(run_dir: Path, config: dict, records: list):
+def report(run_dir: Path, config: RunConfig, records: list):
     final = [r for r in records if r["kind"] == "epoch"]
     if not final:
         return
     say(f"final test error {100 * final[-1]['test_error']:.2f}% after {final[-1]['epoch']} epochs; "
         f"run directory {run_dir} (curve.png, metrics.jsonl, checkpoint.msgpack)")
-    if config.get("validation"):
+    if config.validation:
         best = min(final, key=lambda r: r["validation_error"])
         say(f"selected on validation: epoch {best['epoch']}, validation error "
             f"{100 * best['validation_error']:.2f}%, test error {100 * best['test_error']:.2f}% (best.msgpack)")
@@ -459,7 +457,7 @@ def run_directory(args, config) -> Path | None:
     if jax.process_index():
         return None
     run_dir = new_run_dir(args.runs_dir, config, args.set)
-    runfiles.atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    runfiles.atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2))
     return run_dir
 
 
@@ -477,9 +475,9 @@ def main(argv=None):
     common.start_distributed(args)
     check_options(args)
     config = resumed_config(args) if args.resume else new_config(args)
-    devices = training_devices(args.devices, config["batch_size"])
+    devices = training_devices(args.devices, config.batch_size)
     data = common.load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
-    config["batches_per_epoch"] = len(data["x"]) // config["batch_size"]
+    config = dataclasses.replace(config, batches_per_epoch=len(data["x"]) // config.batch_size)
     training = Training(args, config, data, devices)
     training.preflight()
     run_dir = run_directory(args, config)

@@ -14,13 +14,14 @@ NARROW = 12  # hidden units per layer in this test instead of 100-1024
 
 @pytest.mark.parametrize("name", sorted(configs.CONFIGS))
 def test_config_trains_one_chunk(name):
-    config = dict(configs.CONFIGS[name], batches_per_epoch=2)
-    config["sizes"] = [config["sizes"][0]] + [NARROW] * (len(config["sizes"]) - 2) + [config["sizes"][-1]]
-    config["batch_size"] = min(config["batch_size"], 32)  # conv-cifar10's 128 images of 32x32x3 take 20 s
+    config = configs.named(name, batches_per_epoch=2)
+    sizes = config.sizes
+    config = config.updated(sizes=[sizes[0]] + [NARROW] * (len(sizes) - 2) + [sizes[-1]],
+                            batch_size=min(config.batch_size, 32))  # conv-cifar10's 128 images of 32x32x3 take 20 s
     model, cost, solver, estimator, optimizer = configs.build(config)
     chunk = configs.chunk_function(config, model, cost, optimizer)
-    batch, num_examples = config["batch_size"], 2 * config["batch_size"]
-    x = jax.random.uniform(jax.random.key(0), (num_examples, config["sizes"][0]), jnp.float32)  # as MNIST
+    batch, num_examples = config.batch_size, 2 * config.batch_size
+    x = jax.random.uniform(jax.random.key(0), (num_examples, config.sizes[0]), jnp.float32)  # as MNIST
     y = jax.random.randint(jax.random.key(1), (num_examples,), 0, 10)
     index = jnp.arange(num_examples).reshape(2, batch)
     params = model.init(jax.random.key(2), jnp.float32)
@@ -31,14 +32,14 @@ def test_config_trains_one_chunk(name):
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in metrics.values()), name
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new, params)
     assert any(jax.tree.leaves(changed)), f"{name}: one chunk changed no parameter"
-    if config.get("family") == "resistive":
+    if config.family == "resistive":
         assert all(float(g.min()) >= 0.0 for g in new["conductances"])  # kept physical
 
 
 def test_estimator_option():
-    base = dict(configs.CONFIGS["drn-xs"], batches_per_epoch=1)
-    kinds = {kind: type(configs.build(dict(base, estimator=kind))[3]).__name__ for kind in ("ep", "implicit", "bptt")}
+    base = configs.named("drn-xs", batches_per_epoch=1)
+    kinds = {kind: type(configs.build(base.updated(estimator=kind))[3]).__name__ for kind in ("ep", "implicit", "bptt")}
     assert kinds == {"ep": "EP", "implicit": "ImplicitDiff", "bptt": "BPTT"}
     with pytest.raises(ValueError, match="estimator must be"):
-        configs.build(dict(base, estimator="backprop"))
-    np.testing.assert_equal(configs.build(dict(base, estimator="bptt"))[3].num_steps, base["free_steps"])
+        configs.build(base.updated(estimator="backprop"))
+    np.testing.assert_equal(configs.build(base.updated(estimator="bptt"))[3].num_steps, base.free_steps)

