@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 
 from eqjax._equilibrium import Equilibrium
+from eqjax.loop import iterate
 from eqjax.phases import Free, Phase
 
 
@@ -32,4 +33,4 @@ def relax_unchecked(model, cost, solver, params, x, y=None, phase: Phase = Free(
     if state0 is None:
         state0 = jax.vmap(model.init_state)(x)
     F = total_energy(model, cost, phase, prepared, x, y)
-    return solver.solve(F, phase.start(state0), phase.bounds(model.bounds), key)
+    return iterate(solver, F, phase.start(state0), phase.bounds(model.bounds), key)

@@ -22,8 +22,7 @@ import numpy as np
 from flax import struct
 
 from eqjax._checks import shown
-from eqjax._equilibrium import Equilibrium
-from eqjax.loop import iterate, per_example_max_abs_difference
+from eqjax.loop import per_example_max_abs_difference
 
 
 def _is_unbounded(lo, hi) -> bool:
@@ -71,7 +70,7 @@ class Solver(struct.PyTreeNode, abc.ABC):
 
     and the method :meth:`step`. :meth:`init` creates the solver's own state (momentum, history, a
     PRNG key, a temperature...), ``None`` by default; :meth:`residual` is the stopping test's
-    measure, the size of the last update by default. :meth:`solve` is written once, here.
+    measure, the size of the last update by default. :func:`eqjax.loop.iterate` runs it.
 
     The step must treat the examples of the batch independently (as the built-in solvers do): the
     loop freezes an example that goes non-finite and relies on it not affecting the others.
@@ -140,10 +139,6 @@ class Solver(struct.PyTreeNode, abc.ABC):
           ``(B,)`` real, one value per example.
         """
         return per_example_max_abs_difference(following, previous)
-
-    def solve(self, F: Callable, state0, bounds, key=None) -> Equilibrium:
-        """Relax from ``state0`` with :func:`eqjax.loop.iterate`."""
-        return iterate(self, F, state0, bounds, key)
 
 
 class GradientDescent(Solver):

@@ -37,7 +37,7 @@ def quadratic_chain(temperature, step_size, curvature, batch, steps, key):
     """Langevin on ``F = sum c/2 s^2`` (one unbounded leaf ``(batch, n)``) from zero."""
     F = lambda state: jnp.sum(0.5 * curvature * state[0] ** 2)
     solver = Langevin(step_size=step_size, temperature=temperature, tol=0.0, max_steps=steps)
-    return solver.solve(F, (jnp.zeros((batch, curvature.size)),), ((-jnp.inf, jnp.inf),), key)
+    return eqjax.loop.iterate(solver, F, (jnp.zeros((batch, curvature.size)),), ((-jnp.inf, jnp.inf),), key)
 
 
 def test_langevin_samples_the_boltzmann_distribution_of_a_quadratic():
