@@ -48,11 +48,19 @@ def shard_batch(tree, mesh: Mesh, axis: int = 0):
     return jax.tree.map(lambda leaf: jax.device_put(leaf, NamedSharding(mesh, spec)), tree)
 
 
+def per_example_extras(estimate):
+    """``estimate`` with each scalar extra replaced by its mean over the shards, repeated per
+    example (inside ``shard_map``: every output leaf is split over the batch)."""
+    spread = lambda v: jnp.broadcast_to(jax.lax.pmean(v, BATCH), estimate.loss.shape) if jnp.ndim(v) == 0 else v
+    return estimate.replace(extras={name: spread(value) for name, value in estimate.extras.items()})
+
+
 def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callable:
     """``estimate(estimator, solver, params, x, y, state0, key) -> (grads, estimate)``: the
     estimator run per shard of the batch, gradients averaged over the shards (weighted by the
     examples each used), the :class:`~eqjax.estimators.Estimate` per example, sharded like the
-    batch."""
+    batch. A scalar extra (``Estimate.extras``) is computed by each shard on its own examples and
+    comes back as the mean over the shards, repeated per example."""
     check_model(model)
     cost = as_cost(cost)
 
@@ -63,7 +71,7 @@ def sharded_estimate(model, cost, mesh: Mesh, *, throw: bool = False) -> Callabl
         weight = jnp.sum(estimate.used).astype(jax.tree.leaves(grads)[0].dtype)
         total = jax.lax.psum(weight, BATCH)
         grads = jax.tree.map(lambda g: jax.lax.psum(g * weight, BATCH) / jnp.maximum(total, 1), grads)
-        return grads, estimate
+        return grads, per_example_extras(estimate)
 
     def estimate(estimator, solver, params, x, y, state0=None, key=None):
         devices = mesh.devices.size

@@ -39,6 +39,29 @@ def run(step, solver, devices_tag):
             "metrics": metrics}
 
 
+class ShardLoss(eqjax.estimators.Estimator):
+    """EP that also reports a scalar extra: the mean loss of the examples it was given."""
+
+    inner: EP
+
+    def errors(self) -> dict:
+        return self.inner.errors()
+
+    def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
+        grads, estimate = self.inner.estimate(model, cost, solver, params, x, y, state0, key)
+        return grads, estimate.replace(extras={"shard_loss": jnp.mean(estimate.loss)})
+
+
+def scalar_extra_metrics():
+    """One sharded step with :class:`ShardLoss`: its metrics."""
+    optimizer = optax.sgd(0.1)
+    params = MODEL.init(jax.random.key(1), jnp.float64)
+    step = jax.jit(parallel.sharded_train_step(MODEL, COST, optimizer))
+    x, y = batches(1)
+    metrics = step(params, optimizer.init(params), FIXED, ShardLoss(EP(beta=0.3)), x[0], y[0])[2]
+    return {k: float(v) for k, v in metrics.items()}
+
+
 FIXED = eqjax.solvers.BlockCoordinate(tol=0.0, max_steps=12)  # every shard runs exactly 12 sweeps
 STOPPING = eqjax.solvers.BlockCoordinate(tol=1e-8, max_steps=200)  # each shard stops at the tolerance
 
@@ -50,7 +73,8 @@ SHARDED = textwrap.dedent("""
     import test_parallel as t
     from eqjax import parallel
     assert len(jax.devices()) == 4, jax.devices()
-    print(json.dumps([t.run(parallel.sharded_train_step, t.FIXED, "fixed"), t.run(parallel.sharded_train_step, t.STOPPING, "stop")]))
+    print(json.dumps([t.run(parallel.sharded_train_step, t.FIXED, "fixed"), t.run(parallel.sharded_train_step, t.STOPPING, "stop"),
+                      t.scalar_extra_metrics()]))
 """)
 
 
@@ -63,7 +87,7 @@ def compare(sharded, single, rtol, atol):
 
 
 def test_four_forced_cpu_devices_give_the_one_device_step():
-    fixed, stopping = run_on_forced_cpu_devices(SHARDED, 4)
+    fixed, stopping, extra = run_on_forced_cpu_devices(SHARDED, 4)
     # fixed sweeps: the same arithmetic split over devices, float64 round-off of a different
     # summation order (the gradient's psum), amplified a little by three Adam steps
     compare(fixed, run(eqjax.train_step, FIXED, "single"), rtol=1e-9, atol=1e-12)
@@ -71,6 +95,9 @@ def test_four_forced_cpu_devices_give_the_one_device_step():
     # the states differ by less than tol = 1e-8, and so do the parameters, to the same order
     compare(stopping, run(eqjax.train_step, STOPPING, "single"), rtol=1e-6, atol=1e-8)
     assert min(m["free_steps"] for m in stopping["metrics"]) < 200  # the tolerance was reached
+    # a scalar extra: each shard's mean loss over its 4 examples, averaged over the 4 shards, is
+    # the batch's mean loss (equal shards); float64, only the order of the sums differs
+    np.testing.assert_allclose(extra["shard_loss"], extra["loss"], rtol=1e-12)
 
 
 def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():

@@ -41,8 +41,8 @@ class Estimator(struct.PyTreeNode, abc.ABC):
     its batch mean (the estimator decides what a non-finite example contributes, e.g.
     ``jnp.where(estimate.used, value, jnp.nan)``). A name that is a built-in metric (``loss``,
     ``accuracy``, ``used``, ``skipped``, ``free_steps``...), a value of another shape or a complex
-    value is refused with an error when the step is traced. Under :mod:`eqjax.parallel` the
-    estimate comes back sharded over the batch, so extras there must be per-example.
+    value is refused with an error when the step is traced. Under :mod:`eqjax.parallel` each shard
+    computes its extras on its own examples, and a scalar comes back as the mean over the shards.
     """
 
     @abc.abstractmethod
