@@ -129,7 +129,8 @@ def sweep_figure(args) -> dict:
     keys = jax.random.split(jax.random.key(0), batches)
 
     def member(h, x, y, index, keys):
-        _, _, solver, estimator, optimizer = configs.build(config.updated(beta=h["beta"], learning_rate=h["learning_rate"]))
+        member = config.updated(beta=h["beta"], learning_rate=h["learning_rate"])
+        _, _, solver, estimator, optimizer = configs.build(member)
         chunk = eqjax.train_chunk(model, cost, optimizer, warm_start=True)
         params = model.init(jax.random.key(0), jnp.float32)
         params, _, _, metrics = chunk(params, optimizer.init(params), configs.initial_state(config, model, 0), solver,

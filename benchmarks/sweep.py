@@ -54,7 +54,8 @@ def member_function(batches: int):
     model, cost = configs.build(config)[:2]
 
     def fn(h, x, y, index, keys):
-        _, _, solver, estimator, optimizer = configs.build(config.updated(beta=h["beta"], learning_rate=h["learning_rate"]))
+        member = config.updated(beta=h["beta"], learning_rate=h["learning_rate"])
+        _, _, solver, estimator, optimizer = configs.build(member)
         chunk = eqjax.train_chunk(model, cost, optimizer, warm_start=True)
         params = model.init(jax.random.key(0), jnp.float32)
         state = configs.initial_state(config, model, 0)

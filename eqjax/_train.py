@@ -70,8 +70,9 @@ def train_step(model, cost, optimizer: optax.GradientTransformation, *, throw: b
     free phase or ``None`` (``model.init_state``): feeding back ``free_state`` warm-starts each batch
     from the previous one (Scellier et al. 2023), indexing a per-example store gives persistent
     particles (Scellier & Bengio 2017). ``key`` goes to stochastic solvers. ``metrics`` is
-    :func:`summarize` of the estimator's :class:`~eqjax.estimators.Estimate`. Any optax transformation works; build it with
-    ``optax.inject_hyperparams`` to change the learning rate in ``opt_state`` without a recompile.
+    :func:`summarize` of the estimator's :class:`~eqjax.estimators.Estimate`. Any optax
+    transformation works; build it with ``optax.inject_hyperparams`` to change the learning rate in
+    ``opt_state`` without a recompile.
 
     Shapes, dtypes and structure are checked when the step is traced, values when they are
     concrete (an un-jitted call). ``throw=True`` (static) also stops the compiled program with a

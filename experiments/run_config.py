@@ -66,7 +66,8 @@ class RunConfig:
     init_scheme: str | None = _entry(None, lambda v: v is None or isinstance(v, str), "a string")
     linear_output: bool = _entry(False, *FLAG)
     num_conv: int = _entry(0, lambda v: _int(v) and v >= 0, "an int >= 0")
-    image_shape: tuple | None = _entry(None, lambda v: v is None or (_ints(v) and len(v) == 3), "[height, width, channels]")
+    image_shape: tuple | None = _entry(None, lambda v: v is None or (_ints(v) and len(v) == 3),
+                                       "[height, width, channels]")
     kernel: int | tuple = _entry(3, _int_or_ints, "an int or a list of ints")
     padding: int | tuple = _entry(0, _int_or_ints, "an int or a list of ints")
     pooling: str | tuple = _entry("max", lambda v: isinstance(v, str) or (isinstance(v, tuple) and

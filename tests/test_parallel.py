@@ -73,8 +73,8 @@ SHARDED = textwrap.dedent("""
     import test_parallel as t
     from eqjax import parallel
     assert len(jax.devices()) == 4, jax.devices()
-    print(json.dumps([t.run(parallel.sharded_train_step, t.FIXED, "fixed"), t.run(parallel.sharded_train_step, t.STOPPING, "stop"),
-                      t.scalar_extra_metrics()]))
+    step = parallel.sharded_train_step
+    print(json.dumps([t.run(step, t.FIXED, "fixed"), t.run(step, t.STOPPING, "stop"), t.scalar_extra_metrics()]))
 """)
 
 

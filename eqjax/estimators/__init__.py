@@ -12,8 +12,8 @@
 | :class:`FiniteDifferences` | central differences of the loss | ``O(epsilon^2)`` |
 
 See :mod:`eqjax.estimators.base` for the ``estimate`` contract (and :class:`Estimate`, the
-declared result next to the gradient, whose ``extras`` are an estimator's own training metrics) and :mod:`eqjax.verify` to measure
-any estimator against a reference.
+declared result next to the gradient, whose ``extras`` are an estimator's own training metrics)
+and :mod:`eqjax.verify` to measure any estimator against a reference.
 """
 
 from eqjax.estimators.base import Estimator, contrast_gradient, relax_phases
