@@ -37,8 +37,9 @@ def member(h, xs, ys):
     params = MODEL.init(jax.random.key(h["seed"]))
     opt_state = optimizer.init(params)
     epoch = eqjax.train_epoch(eqjax.train_step(MODEL, COST, optimizer))
+    solver = BlockCoordinate(tol=1e-5, max_steps=30)
     for _ in range(3):
-        params, opt_state, metrics = epoch(params, opt_state, BlockCoordinate(1e-5, 30), EP(beta=h["beta"]), xs, ys)
+        params, opt_state, metrics = epoch(params, opt_state, solver, EP(beta=h["beta"]), xs, ys)
     return metrics["loss"].mean()
 
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eqjax._equilibrium import Equilibrium, status_from
 
@@ -126,10 +127,10 @@ def _no_steps(step: Callable, measure: Callable, tol, state0, solver_state) -> E
     return Equilibrium(state0, steps, residual, status_from(residual, ~jnp.isfinite(residual), tol))
 
 
-def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
+def iterate(solver, F: Callable, state0, bounds, key=None, max_steps: int | None = None) -> Equilibrium:
     """Run ``solver.step`` from ``state0`` until every finite example's residual at the last test
     (``solver.residual``: by default the size of the last update ``max|s_k - s_{k-1}|``) is below
-    ``solver.tol``, or ``solver.max_steps`` steps.
+    ``solver.tol``, or ``max_steps`` steps (static; default ``solver.max_steps``).
 
     At least one step is applied (when ``max_steps >= 1``), so a nudged phase started from the
     free equilibrium always feels its nudge. The whole batch moves together (on SIMD hardware a
@@ -164,10 +165,13 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
       state0: batched start state.
       bounds: per state leaf ``(lo, hi)``, broadcastable against the leaf.
       key: a PRNG key handed to ``solver.init`` (``None`` for deterministic solvers).
+      max_steps: this run's budget instead of the solver's own (static int >= 0), e.g. the nudged
+        phases' of an estimator.
     Returns:
       an :class:`~eqjax.Equilibrium`; the state keeps ``state0``'s dtypes.
     """
-    tol, max_steps = solver.tol, solver.max_steps
+    tol = solver.tol
+    max_steps = solver.max_steps if max_steps is None else check_budget(max_steps, "max_steps")
     solver_state = solver.init(F, state0, bounds, key)
     step, measure = _stepper(solver, F, bounds, state0), _measurer(solver, F, bounds, state0)
     if max_steps == 0:
@@ -180,6 +184,13 @@ def iterate(solver, F: Callable, state0, bounds, key=None) -> Equilibrium:
         carry = _blocks_while_unconverged(step, measure, tol, max_steps, carry, max_steps % every)
     state, _, residual, frozen, steps, _ = carry
     return Equilibrium(state, steps, residual, status_from(residual, frozen, tol))
+
+
+def check_budget(steps, name: str) -> int:
+    """``steps`` when it is an int >= 0, else ``ValueError`` naming ``name``."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {steps!r}")
+    return int(steps)
 
 
 def unroll(solver, F: Callable, state0, bounds, num_steps: int, key=None) -> Equilibrium:

@@ -22,7 +22,7 @@ import numpy as np
 from flax import struct
 
 from eqjax._checks import shown
-from eqjax.loop import per_example_max_abs_difference
+from eqjax.loop import check_budget, per_example_max_abs_difference
 
 
 def _is_unbounded(lo, hi) -> bool:
@@ -61,15 +61,19 @@ class Solver(struct.PyTreeNode, abc.ABC):
     """The interface every relaxation solver implements.
 
     Subclasses are frozen pytree dataclasses (fields are traced leaves unless declared with
-    ``struct.field(pytree_node=False)``) and must define the fields
+    ``struct.field(pytree_node=False)``) that define the method :meth:`step`. Every solver has,
+    declared here once and given by keyword only:
 
-    - ``tol`` (traced): stop when every example's :meth:`residual` at the last test is below it (by
-      default the last tested update ``max|s_k - s_{k-1}|``);
-    - ``max_steps`` (static int >= 0) and ``check_every`` (static int >= 1, how often the tolerance
-      is tested; see :func:`eqjax.loop.iterate`);
+    - ``tol`` (traced, default ``1e-4``): the stopping test's tolerance; the loop stops when every
+      example's :meth:`residual` at the last test is below it (by default the last tested update
+      ``max|s_k - s_{k-1}|``);
+    - the budget of :func:`eqjax.loop.iterate`, which owns the loop: ``max_steps`` (static int >=
+      0; default the class's ``default_max_steps``, 100 here) and ``check_every`` (static int >= 1,
+      default 1: how often the tolerance is tested). An estimator's second phases may run another
+      budget (e.g. ``EP(nudged_steps=...)``) with the same solver.
 
-    and the method :meth:`step`. :meth:`init` creates the solver's own state (momentum, history, a
-    PRNG key, a temperature...), ``None`` by default; :meth:`residual` is the stopping test's
+    :meth:`init` creates the solver's own state (momentum, history, a PRNG key, a temperature...),
+    ``None`` by default; :meth:`residual` is the stopping test's
     measure, the size of the last update by default. :func:`eqjax.loop.iterate` runs it.
 
     The step must treat the examples of the batch independently (as the built-in solvers do): the
@@ -80,18 +84,23 @@ class Solver(struct.PyTreeNode, abc.ABC):
     that JAX can rebuild solvers with placeholder or zero leaves (``jax.grad``, ``in_axes`` trees).
     """
 
+    tol: float = struct.field(default=1e-4, kw_only=True)
+    max_steps: int | None = struct.field(pytree_node=False, default=None, kw_only=True)
+    check_every: int = struct.field(pytree_node=False, default=1, kw_only=True)
+    default_max_steps = 100  # a class attribute, not a field: the budget when max_steps is not given
+    # (each solver sets its own; a subclass may also redeclare the three fields, as long as
+    # max_steps and check_every stay static)
+
     def __post_init__(self):
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", type(self).default_max_steps)
         fields = {f.name: f for f in dataclasses.fields(self)}
-        for name in ("tol", "max_steps", "check_every"):
-            if name not in fields:
-                raise TypeError(f"{type(self).__name__} must define the field {name!r} (see eqjax.solvers.Solver)")
         for name in ("max_steps", "check_every"):
             if fields[name].metadata.get("pytree_node", True):
                 raise TypeError(f"{type(self).__name__}.{name} decides the loop's structure: declare it static, "
                                 f"with struct.field(pytree_node=False)")
-        steps, every = self.max_steps, self.check_every
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"max_steps must be a non-negative int, got {steps!r}")
+        check_budget(self.max_steps, "max_steps")
+        every = self.check_every
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"check_every must be a positive int, got {every!r}")
 
@@ -150,9 +159,7 @@ class GradientDescent(Solver):
     """
 
     step_size: float = 0.5
-    tol: float = 1e-4
-    max_steps: int = struct.field(pytree_node=False, default=100)
-    check_every: int = struct.field(pytree_node=False, default=1)
+    default_max_steps = 100
 
     def errors(self) -> dict:
         size = jnp.asarray(self.step_size)
@@ -219,9 +226,7 @@ class BlockCoordinate(Solver):
     traced; ``max_steps`` and ``check_every`` static.
     """
 
-    tol: float = 1e-4
-    max_steps: int = struct.field(pytree_node=False, default=15)
-    check_every: int = struct.field(pytree_node=False, default=1)
+    default_max_steps = 15
 
     def step(self, F, state, solver_state, bounds):
         return _even_odd_sweep(F, state, bounds, newton=True), solver_state
@@ -246,9 +251,7 @@ class FixedPoint(Solver):
     ``check_every`` static.
     """
 
-    tol: float = 1e-4
-    max_steps: int = struct.field(pytree_node=False, default=15)
-    check_every: int = struct.field(pytree_node=False, default=1)
+    default_max_steps = 15
 
     def step(self, F, state, solver_state, bounds):
         return _even_odd_sweep(F, state, bounds, newton=False), solver_state
@@ -285,9 +288,7 @@ class Langevin(Solver):
     step_size: float = 0.5
     temperature: float = 1e-3
     anneal: float = 1.0
-    tol: float = 1e-4
-    max_steps: int = struct.field(pytree_node=False, default=100)
-    check_every: int = struct.field(pytree_node=False, default=1)
+    default_max_steps = 100
 
     def errors(self) -> dict:
         size, temperature, anneal = (jnp.asarray(v) for v in (self.step_size, self.temperature, self.anneal))
@@ -415,9 +416,7 @@ class Anderson(Solver):
     history: int = struct.field(pytree_node=False, default=5)
     mixing: float = 1.0
     regularization: float = 1e-6
-    tol: float = 1e-4
-    max_steps: int = struct.field(pytree_node=False, default=15)
-    check_every: int = struct.field(pytree_node=False, default=1)
+    default_max_steps = 15
 
     def __post_init__(self):
         super().__post_init__()

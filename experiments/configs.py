@@ -197,9 +197,7 @@ def build(config: RunConfig):
             "squared_error_full": eqjax.costs.squared_error(half=False),
             "cross_entropy": eqjax.costs.cross_entropy()}[config.cost]
     solver = make_solver(config, config.free_steps)
-    nudged = None if config.nudged_steps is None else make_solver(config, config.nudged_steps)
-    estimator = make_estimator(config, nudged)
-    return model, cost, solver, estimator, make_optimizer(config)
+    return model, cost, solver, make_estimator(config), make_optimizer(config)
 
 
 def chunk_function(config: RunConfig, model, cost, optimizer, devices=None):
@@ -226,7 +224,7 @@ def initial_state(config: RunConfig, model, num_examples: int) -> tuple:
     return tuple(jnp.zeros((rows, n), jnp.float32) for n in model.sizes[1:])
 
 
-def make_estimator(config: RunConfig, second_solver=None):
+def make_estimator(config: RunConfig):
     """The config's learning rule (``estimator``, default ``"ep"``):
 
     - ``"ep"``: EP with ``beta`` and ``variant``; ``"holomorphic"``: holomorphic EP with radius
@@ -236,6 +234,9 @@ def make_estimator(config: RunConfig, second_solver=None):
     - baselines: ``"implicit"`` (implicit differentiation at the free equilibrium) or ``"bptt"``
       (backpropagation through the free phase's ``free_steps`` solver updates: the truncated BP of
       Scellier et al. 2024).
+
+    The second phases run ``nudged_steps`` steps of the config's solver (its ``free_steps`` when
+    the config has none).
     """
     kind = config.estimator
     if kind == "implicit":
@@ -244,14 +245,14 @@ def make_estimator(config: RunConfig, second_solver=None):
         return eqjax.estimators.BPTT(num_steps=config.free_steps)
     if kind == "holomorphic":
         return eqjax.estimators.HolomorphicEP(beta=config.beta, num_phases=config.num_phases,
-                                             nudged_solver=second_solver)
+                                             nudged_steps=config.nudged_steps)
     if kind == "contrastive":
-        return eqjax.estimators.Contrastive(clamped_solver=second_solver)
+        return eqjax.estimators.Contrastive(clamped_steps=config.nudged_steps)
     if kind == "coupled":
-        return eqjax.estimators.Coupled(eta=config.eta, variant=config.variant, clamped_solver=second_solver)
+        return eqjax.estimators.Coupled(eta=config.eta, variant=config.variant, clamped_steps=config.nudged_steps)
     if kind != "ep":
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {kind!r}")
-    return eqjax.estimators.EP(beta=config.beta, variant=config.variant, nudged_solver=second_solver)
+    return eqjax.estimators.EP(beta=config.beta, variant=config.variant, nudged_steps=config.nudged_steps)
 
 
 def make_solver(config: RunConfig, max_steps: int):

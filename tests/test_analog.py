@@ -130,8 +130,8 @@ def test_block_coordinate_equals_gradient_descent_in_few_sweeps():
     params = model.init(jax.random.key(0), jnp.float64)
     x = jax.random.uniform(jax.random.key(1), (8, 6), jnp.float64)
     cost = eqjax.costs.squared_error()
-    bc = eqjax.relax(model, cost, eqjax.solvers.BlockCoordinate(1e-10, 500), params, x)
-    gd = eqjax.relax(model, cost, eqjax.solvers.GradientDescent(0.3, 1e-12, 50_000), params, x)
+    bc = eqjax.relax(model, cost, eqjax.solvers.BlockCoordinate(tol=1e-10, max_steps=500), params, x)
+    gd = eqjax.relax(model, cost, eqjax.solvers.GradientDescent(0.3, tol=1e-12, max_steps=50_000), params, x)
     assert float(eqjax.loop.max_abs_difference(bc.state, gd.state)) < 1e-9
     assert int(bc.num_steps[0]) < 40 < int(gd.num_steps[0])  # exact coordinate descent
 

@@ -188,7 +188,7 @@ def test_centered_ep_trains_a_conv_net_on_synthetic_digits():
     x_test, y_test = eqjax.synthetic.digits(jax.random.key(1), 400, noise=0.1, flip=0.02)
     model = eqjax.models.conv_hopfield((8, 8, 1), (8, 16), kernel=3, padding=1, readout="projection")
     cost, solver = eqjax.costs.cross_entropy(), eqjax.solvers.FixedPoint(tol=1e-4, max_steps=20, check_every=5)
-    estimator = EP(beta=0.5, variant="centered", nudged_solver=solver.replace(max_steps=10))
+    estimator = EP(beta=0.5, variant="centered", nudged_steps=10)
     optimizer = optax.adam(2e-3)
     params = model.init(jax.random.key(1), jnp.float32)
     epoch = jax.jit(eqjax.train_epoch(eqjax.train_step(model, cost, optimizer)))

@@ -73,7 +73,7 @@ def test_lateral_model_ep_gradient_matches_implicit_differentiation_in_float64()
     params["b"] = 0.5 + jax.random.normal(jax.random.key(1), (7,), jnp.float64) * 0.1  # hidden units off the box
     x = jax.random.uniform(jax.random.key(2), (4, 6), jnp.float64)
     y = jnp.array([0, 2, 1, 1])
-    cost, solver = eqjax.costs.squared_error(), GradientDescent(0.5, 1e-13, 20_000)
+    cost, solver = eqjax.costs.squared_error(), GradientDescent(0.5, tol=1e-13, max_steps=20_000)
     ep, _ = eqjax.gradients(model, cost, solver, EP(beta=1e-4), params, x, y)
     reference, aux = eqjax.gradients(model, cost, solver, ImplicitDiff(), params, x, y)
     assert float(aux.extras["linear_solve_residual"].max()) < 1e-10
@@ -113,7 +113,7 @@ def test_a_model_missing_a_required_method_gets_an_error_naming_it():
 def test_heavy_ball_solver_with_state_plugs_into_the_loop():
     model, params, x, y = random_problem(0, energy="bilinear", gain=0.5, bias_scale=0.5, batch=8)
     cost = eqjax.costs.squared_error()
-    reference = eqjax.relax(model, cost, BlockCoordinate(1e-13, 5_000), params, x, y, phase=0.3)
+    reference = eqjax.relax(model, cost, BlockCoordinate(tol=1e-13, max_steps=5_000), params, x, y, phase=0.3)
     heavy = eqjax.relax(model, cost, HeavyBall(step_size=0.2, momentum=0.5, tol=1e-12, max_steps=20_000),
                         params, x, y, phase=0.3)
     plain = eqjax.relax(model, cost, HeavyBall(step_size=0.2, momentum=0.0, tol=1e-12, max_steps=20_000),
@@ -133,9 +133,7 @@ def test_heavy_ball_solver_with_state_plugs_into_the_loop():
 
 def test_a_solver_gets_the_key():
     class Jitter(eqjax.solvers.Solver):  # gradient steps plus noise from a key it carries
-        tol: float = 0.0
-        max_steps: int = struct.field(pytree_node=False, default=5)
-        check_every: int = struct.field(pytree_node=False, default=1)
+        default_max_steps = 5
 
         def init(self, F, state, bounds, key):
             return key
@@ -149,7 +147,7 @@ def test_a_solver_gets_the_key():
 
     model, params, x, _ = random_problem(1, energy="smooth")
     cost = eqjax.costs.squared_error()
-    a, b, c = (eqjax.relax(model, cost, Jitter(), params, x, key=jax.random.key(k)) for k in (0, 0, 1))
+    a, b, c = (eqjax.relax(model, cost, Jitter(tol=0.0), params, x, key=jax.random.key(k)) for k in (0, 0, 1))
     chex.assert_trees_all_equal(a.state, b.state)
     assert float(eqjax.loop.max_abs_difference(a.state, c.state)) > 1e-4
 
@@ -159,7 +157,7 @@ def test_contrastive_estimator_from_clamped_phases():
     # bilinear net the clamp pins the output exactly and the gradient is a descent direction
     model, params, x, y = random_problem(2, energy="bilinear", gain=0.5, bias_scale=0.5,
                                          output_bounds=(-np.inf, np.inf))
-    cost, solver = eqjax.costs.squared_error(), BlockCoordinate(1e-12, 2_000)
+    cost, solver = eqjax.costs.squared_error(), BlockCoordinate(tol=1e-12, max_steps=2_000)
     target = jax.nn.one_hot(y, 3, dtype=x.dtype)
     clamped = eqjax.relax(model, cost, solver, params, x, y, eqjax.phases.Clamp(target))
     np.testing.assert_array_equal(np.asarray(clamped.state[-1]), np.asarray(target))
@@ -173,7 +171,7 @@ def test_contrastive_estimator_from_clamped_phases():
 
 def test_plain_function_cost_works_everywhere():
     model, params, x, y = random_problem(3, energy="bilinear", gain=0.5)
-    solver = BlockCoordinate(1e-10, 500)
+    solver = BlockCoordinate(tol=1e-10, max_steps=500)
 
     def half_squares(output, label):
         return 0.5 * jnp.sum((output - jax.nn.one_hot(label, output.shape[-1], dtype=output.dtype)) ** 2)

@@ -77,9 +77,8 @@ def test_bad_phase_solver_and_parameter_values_are_refused():
             eqjax.relax(MODEL, COST, BlockCoordinate(tol=bad), PARAMS, X)
     with pytest.raises(ValueError, match="step_size must be a positive finite number"):
         eqjax.relax(MODEL, COST, GradientDescent(step_size=jnp.asarray(jnp.inf)), PARAMS, X)
-    nudged = EP(beta=0.1, nudged_solver=GradientDescent(step_size=-1.0))  # the nested solver is checked too
-    with pytest.raises(ValueError, match="step_size must be a positive finite number"):
-        eqjax.gradients(MODEL, COST, SOLVER, nudged, PARAMS, X, Y)
+    with pytest.raises(ValueError, match="nudged_steps must be a non-negative int, got -1"):
+        EP(beta=0.1, nudged_steps=-1)
     nan_params = jax.tree.map(lambda p: p.at[0].set(jnp.nan), PARAMS)
     with pytest.raises(ValueError, match="params contain NaN or infinite values"):
         eqjax.relax(MODEL, COST, SOLVER, nan_params, X)

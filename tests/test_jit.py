@@ -27,13 +27,13 @@ def test_changing_beta_step_size_and_learning_rate_does_not_recompile():
     # the public jitted entry points do not retrace for new beta values either
     before = eqjax.testing.compilations()["gradients"]
     for beta in (0.1, 0.2, 0.3):
-        eqjax.gradients(model, cost, GradientDescent(0.5, 1e-6, 50), EP(beta=beta), params, x, y)
+        eqjax.gradients(model, cost, GradientDescent(0.5, tol=1e-6, max_steps=50), EP(beta=beta), params, x, y)
     assert eqjax.testing.compilations()["gradients"] - before <= 1
 
 
 def test_vmap_over_beta_equals_python_loop():
     model, params, x, y = random_problem(1, energy="bilinear", gain=0.5, bias_scale=0.5, output_bias=0.5)
-    cost, solver = eqjax.costs.squared_error(), GradientDescent(0.5, 1e-12, 5000)
+    cost, solver = eqjax.costs.squared_error(), GradientDescent(0.5, tol=1e-12, max_steps=5000)
     betas = jnp.array([0.05, 0.1, 0.5, -0.3])
     batched, aux = jax.vmap(
         lambda b: EP(beta=b).estimate(model, cost, solver, params, x, y)
@@ -49,9 +49,9 @@ def test_vmap_over_step_size_equals_python_loop():
     model, params, x, _ = random_problem(2, energy="smooth")
     cost = eqjax.costs.squared_error()
     steps = jnp.array([0.2, 0.5, 0.8])
-    relax = lambda eps: eqjax.relax_unchecked(model, cost, GradientDescent(eps, 1e-12, 2000), params, x)
+    relax = lambda eps: eqjax.relax_unchecked(model, cost, GradientDescent(eps, tol=1e-12, max_steps=2000), params, x)
     batched = jax.vmap(relax)(steps)
     for i, eps in enumerate(steps):
-        looped = eqjax.relax(model, cost, GradientDescent(float(eps), 1e-12, 2000), params, x)
+        looped = eqjax.relax(model, cost, GradientDescent(float(eps), tol=1e-12, max_steps=2000), params, x)
         chex.assert_trees_all_close(jax.tree.map(lambda s: s[i], batched.state), looped.state, atol=1e-12)
         chex.assert_trees_all_equal(batched.num_steps[i], looped.num_steps)

@@ -82,7 +82,7 @@ def test_scellier_bengio_state_gradient_at_the_bounds():
     grad_bilinear = jax.grad(bilinear.energy, argnums=1)(params, state, x[0])
     for a, b in zip(grad_sb, grad_bilinear):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    solver = eqjax.solvers.GradientDescent(0.5, 1e-10, 1000)
+    solver = eqjax.solvers.GradientDescent(0.5, tol=1e-10, max_steps=1000)
     eq = eqjax.relax(model, eqjax.costs.squared_error(), solver, params, x)
     assert bool(eq.converged.all())  # no oscillation at the bounds
 

@@ -51,8 +51,8 @@ def test_a_solver_with_its_own_residual_stops_closer_to_the_equilibrium_at_the_s
     params, x, F = problem(16)
     step_size, tol = 0.05, 1e-6
     reference = eqjax.relax(MODEL, COST, BlockCoordinate(tol=1e-13, max_steps=5_000), params, x)
-    default = eqjax.relax(MODEL, COST, GradientDescent(step_size, tol, 20_000), params, x)
-    own = eqjax.relax(MODEL, COST, StationarityTest(step_size, tol, 20_000), params, x)
+    default = eqjax.relax(MODEL, COST, GradientDescent(step_size, tol=tol, max_steps=20_000), params, x)
+    own = eqjax.relax(MODEL, COST, StationarityTest(step_size, tol=tol, max_steps=20_000), params, x)
     assert bool(reference.converged.all() & default.converged.all() & own.converged.all())
     # the loop tested and reported the solver's own residual (same arithmetic, outside the loop's
     # jit: round-off only)
@@ -84,7 +84,7 @@ def test_a_solver_with_its_own_residual_stops_closer_to_the_equilibrium_at_the_s
 
 def test_unroll_reports_the_solvers_own_residual():
     params, x, F = problem(4)
-    solver = StationarityTest(0.05, 1e-6, 0)
+    solver = StationarityTest(0.05, tol=1e-6, max_steps=0)
     start = jax.vmap(MODEL.init_state)(x)
     eq = unroll(solver, F, start, MODEL.bounds, 30)
     following, _ = solver.step(F, eq.state, None, MODEL.bounds)
@@ -100,7 +100,7 @@ def test_a_residual_must_have_one_value_per_example():
 
     params, x, _ = problem(3)
     with pytest.raises(TypeError, match=r"Scalar.residual must return one real value per example, shape \(3,\)"):
-        eqjax.relax(MODEL, COST, Scalar(0.1, 1e-6, 10), params, x)
+        eqjax.relax(MODEL, COST, Scalar(0.1, tol=1e-6, max_steps=10), params, x)
 
 
 def half_at_equilibrium(params, x):
@@ -115,7 +115,7 @@ def half_at_equilibrium(params, x):
 def test_examples_report_the_steps_they_needed_and_the_batch_moves_as_before():
     params, x, _ = problem(8)
     start, even = half_at_equilibrium(params, x)
-    solver = GradientDescent(0.2, 1e-8, 5_000)
+    solver = GradientDescent(0.2, tol=1e-8, max_steps=5_000)
     eq = eqjax.relax(MODEL, COST, solver, params, x, state0=start)
     assert bool(eq.converged.all())
     steps = np.asarray(eq.num_steps)
@@ -144,7 +144,7 @@ def test_examples_report_the_steps_they_needed_and_the_batch_moves_as_before():
 def test_counts_with_check_every_and_max_steps():
     params, x, _ = problem(8)
     start, even = half_at_equilibrium(params, x)
-    solver = GradientDescent(0.2, 1e-8, max_steps=30, check_every=7)
+    solver = GradientDescent(0.2, tol=1e-8, max_steps=30, check_every=7)
     eq = eqjax.relax(MODEL, COST, solver, params, x, state0=start)
     # first test after 7 steps: the examples at equilibrium pass it; the others run out of steps and
     # report the steps the batch ran (30, the last, shorter block)
@@ -171,8 +171,8 @@ class PoisonFirst(GradientDescent):
 def test_a_nonfinite_example_reports_the_steps_it_is_frozen_at():
     params, x, _ = problem(4)
     start, _ = half_at_equilibrium(params, x)  # examples 0 and 2 at equilibrium: they pass the first test
-    plain = eqjax.relax_unchecked(MODEL, COST, GradientDescent(0.2, 1e-8, 5_000), params, x, state0=start)
-    poisoned = eqjax.relax_unchecked(MODEL, COST, PoisonFirst(0.2, 1e-8, 5_000), params, x, state0=start)
+    plain = eqjax.relax_unchecked(MODEL, COST, GradientDescent(0.2, tol=1e-8, max_steps=5_000), params, x, state0=start)
+    poisoned = eqjax.relax_unchecked(MODEL, COST, PoisonFirst(0.2, tol=1e-8, max_steps=5_000), params, x, state0=start)
     np.testing.assert_array_equal(poisoned.status, [RESULTS.NONFINITE] + [RESULTS.CONVERGED] * 3)
     # example 0 passed every test from step 1 on, went NaN at step 11 and is frozen at the state of
     # the test of step 10: its count is 10, as before counts were per example

@@ -39,7 +39,8 @@ def test_energy_never_increases_below_one_over_L(seed):
     assert energies[-1] < energies[0] - 1e-3  # and it actually moved
 
 
-@pytest.mark.parametrize("solver", [GradientDescent(0.5, 1e-6, 500), BlockCoordinate(1e-6, 100)])
+@pytest.mark.parametrize("solver", [GradientDescent(0.5, tol=1e-6, max_steps=500),
+                                    BlockCoordinate(tol=1e-6, max_steps=100)])
 def test_residual_of_returned_state_is_below_tol(solver):
     model, params, x, y = random_problem(1, energy="bilinear", gain=0.5, bias_scale=0.5, batch=8)
     cost = eqjax.costs.squared_error()
@@ -59,8 +60,8 @@ def test_block_coordinate_reaches_the_gradient_descent_equilibrium_in_fewer_step
     model, params, x, y = random_problem(2, sizes=(20, 30, 30, 10), energy="bilinear", gain=0.7,
                                          bias_scale=0.5, batch=16)
     cost = eqjax.costs.squared_error()
-    gd = eqjax.relax(model, cost, GradientDescent(0.5, 1e-10, 10_000), params, x, y, phase=0.5)
-    bc = eqjax.relax(model, cost, BlockCoordinate(1e-10, 1_000), params, x, y, phase=0.5)
+    gd = eqjax.relax(model, cost, GradientDescent(0.5, tol=1e-10, max_steps=10_000), params, x, y, phase=0.5)
+    bc = eqjax.relax(model, cost, BlockCoordinate(tol=1e-10, max_steps=1_000), params, x, y, phase=0.5)
     assert bool(gd.converged.all()) and bool(bc.converged.all())
     # both stop within 1e-10 of a fixed point of a contraction: states agree to ~1e-9
     assert float(max_abs_difference(gd.state, bc.state)) < 1e-8
@@ -74,21 +75,22 @@ def test_fixed_point_equals_block_coordinate_where_curvatures_are_one_and_shares
     cost = eqjax.costs.squared_error()
     # free phase: every layer has unit self-curvature and no intra-layer coupling, so the
     # diagonal Newton step divides by exactly 1: the same states, bit for bit
-    free = [eqjax.relax(model, cost, s(0.0, 7), params, x) for s in (FixedPoint, BlockCoordinate)]
+    free = [eqjax.relax(model, cost, s(tol=0.0, max_steps=7), params, x) for s in (FixedPoint, BlockCoordinate)]
     for a, b in zip(free[0].state, free[1].state):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # nudged: the squared error gives the outputs curvature 1 + beta, which only BlockCoordinate
     # divides by; both stop within 1e-10 of the same fixed point (a contraction here)
-    nudged = [eqjax.relax(model, cost, s(1e-10, 1_000), params, x, y, phase=0.5) for s in (FixedPoint, BlockCoordinate)]
+    nudged = [eqjax.relax(model, cost, s(tol=1e-10, max_steps=1_000), params, x, y, phase=0.5)
+              for s in (FixedPoint, BlockCoordinate)]
     assert bool(nudged[0].converged.all()) and bool(nudged[1].converged.all())
     assert float(max_abs_difference(nudged[0].state, nudged[1].state)) < 1e-8
 
 
 def test_hitting_max_steps_is_reported():
     model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5)
-    eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, 1e-12, 3), params, x)
+    eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, tol=1e-12, max_steps=3), params, x)
     assert np.all(np.asarray(eq.num_steps) == 3)
-    zero = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, 1e-12, 0), params, x)
+    zero = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.1, tol=1e-12, max_steps=0), params, x)
     np.testing.assert_array_equal(np.asarray(zero.state[0]), 0.0)  # max_steps = 0: the start state
     assert not bool(eq.converged.any())
     assert bool((eq.residual >= 1e-12).all())
@@ -96,7 +98,7 @@ def test_hitting_max_steps_is_reported():
 
 def test_warm_start_from_an_equilibrium_takes_one_step():
     model, params, x, _ = random_problem(0, energy="bilinear", gain=0.5, bias_scale=0.5)
-    cost, solver = eqjax.costs.squared_error(), BlockCoordinate(1e-8, 200)
+    cost, solver = eqjax.costs.squared_error(), BlockCoordinate(tol=1e-8, max_steps=200)
     eq = eqjax.relax(model, cost, solver, params, x)
     again = eqjax.relax(model, cost, solver, params, x, state0=eq.state)
     assert np.all(np.asarray(again.num_steps) == 1)  # one update checks that nothing moves
@@ -105,16 +107,17 @@ def test_warm_start_from_an_equilibrium_takes_one_step():
 
 def test_states_stay_in_their_box():
     model, params, x, y = random_problem(3, energy="scellier-bengio", gain=2.0, bias_scale=2.0)
-    eq = eqjax.relax(model, eqjax.costs.squared_error(), GradientDescent(0.5, 1e-8, 300), params, x, y, 1.0)
+    solver = GradientDescent(0.5, tol=1e-8, max_steps=300)
+    eq = eqjax.relax(model, eqjax.costs.squared_error(), solver, params, x, y, 1.0)
     for s, (lo, hi) in zip(eq.state, model.bounds):
         assert float(s.min()) >= lo and float(s.max()) <= hi
 
 
-def test_ep_nudged_solver_runs_its_own_step_budget():
+def test_ep_nudged_phases_run_their_own_step_budget_with_the_same_solver():
     # Scellier & Bengio 2017: 20 free steps, then 4 nudged steps from the free state
     model, params, x, y = random_problem(0, energy="scellier-bengio", gain=1.0, bias_scale=0.5)
-    estimator = eqjax.estimators.EP(beta=0.5, variant="positive", nudged_solver=GradientDescent(0.5, 0.0, 4))
-    _, aux = eqjax.gradients(model, eqjax.costs.squared_error(half=False), GradientDescent(0.5, 0.0, 20),
+    estimator = eqjax.estimators.EP(beta=0.5, variant="positive", nudged_steps=4)
+    _, aux = eqjax.gradients(model, eqjax.costs.squared_error(half=False), GradientDescent(0.5, tol=0.0, max_steps=20),
                              estimator, params, x, y)
     assert np.all(np.asarray(aux.phases["free"].num_steps) == 20)
     assert np.all(np.asarray(aux.phases["positive"].num_steps) == 4)

@@ -24,7 +24,7 @@ KEY = jax.random.key(0)
 @pytest.mark.parametrize("anneal", (1.0, 0.5))
 def test_langevin_at_zero_temperature_is_gradient_descent_bit_for_bit(anneal):
     model, params, x, y = random_problem(0, energy="bilinear", gain=0.7, bias_scale=0.5, batch=8)
-    gd = eqjax.relax(model, COST, GradientDescent(0.3, 1e-7, 1000), params, x, y, phase=0.4)
+    gd = eqjax.relax(model, COST, GradientDescent(0.3, tol=1e-7, max_steps=1000), params, x, y, phase=0.4)
     langevin = Langevin(step_size=0.3, temperature=0.0, anneal=anneal, tol=1e-7, max_steps=1000)
     noisy = eqjax.relax(model, COST, langevin, params, x, y, phase=0.4, key=KEY)
     chex.assert_trees_all_equal(noisy.state, gd.state)
@@ -81,7 +81,7 @@ def test_langevin_annealed_to_zero_converges_to_the_gradient_descent_equilibrium
     model, params, x, y = random_problem(2, energy="bilinear", gain=0.7, bias_scale=0.5, batch=8)
     annealed = Langevin(step_size=0.3, temperature=0.02, anneal=0.95, tol=1e-9, max_steps=3000)
     eq = eqjax.relax(model, COST, annealed, params, x, y, phase=0.3, key=KEY)
-    gd = eqjax.relax(model, COST, GradientDescent(0.3, 1e-12, 5000), params, x, y, phase=0.3)
+    gd = eqjax.relax(model, COST, GradientDescent(0.3, tol=1e-12, max_steps=5000), params, x, y, phase=0.3)
     assert bool(eq.converged.all()) and bool(gd.converged.all())
     # T_k = 0.02 * 0.95^k: by step 600 the noise is ~1e-8 and the (convex) energy's minimum is
     # reached to ~tol / (1 - contraction)
@@ -168,7 +168,7 @@ def test_anderson_reaches_the_block_coordinate_equilibrium_in_fewer_sweeps(gain,
     # descends): a residual-based safeguard wandered off there, the energy safeguard does not
     model, params, x, y = random_problem(2, sizes=(20, 30, 30, 10), energy="bilinear", gain=gain,
                                          bias_scale=0.5, batch=16, output_bounds=output_bounds)
-    bc = eqjax.relax(model, COST, BlockCoordinate(1e-10, 2000), params, x, y, phase=0.5)
+    bc = eqjax.relax(model, COST, BlockCoordinate(tol=1e-10, max_steps=2000), params, x, y, phase=0.5)
     anderson = Anderson(tol=1e-10, max_steps=2000, regularization=1e-12)
     eq = eqjax.relax(model, COST, anderson, params, x, y, phase=0.5)
     assert bool(bc.converged.all()) and bool(eq.converged.all())
@@ -241,7 +241,7 @@ def test_ep_gradient_with_anderson_matches_block_coordinate():
     model, params, x, y = random_problem(0, energy="bilinear", gain=0.7, bias_scale=0.5, batch=8,
                                          output_bounds=(-np.inf, np.inf))
     estimator = EP(beta=0.05, variant="centered")
-    reference, _ = eqjax.gradients(model, COST, BlockCoordinate(1e-12, 3000), estimator, params, x, y)
+    reference, _ = eqjax.gradients(model, COST, BlockCoordinate(tol=1e-12, max_steps=3000), estimator, params, x, y)
     grads, aux = eqjax.gradients(model, COST, Anderson(tol=1e-12, max_steps=3000, regularization=1e-12),
                                  estimator, params, x, y)
     assert all(bool(aux.phases[phase].converged.all()) for phase in ("free", "positive", "negative"))

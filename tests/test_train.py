@@ -80,7 +80,7 @@ def test_second_epoch_does_not_recompile():
     model, cost = demo_model(), eqjax.costs.squared_error()
     optimizer = optax.sgd(optax.exponential_decay(0.05, 10, 0.99))
     chunk = jax.jit(chex.assert_max_traces(n=1)(eqjax.train_chunk(model, cost, optimizer, warm_start=True)))
-    solver, estimator = eqjax.solvers.BlockCoordinate(1e-4, 15), EP(beta=0.2)
+    solver, estimator = eqjax.solvers.BlockCoordinate(tol=1e-4, max_steps=15), EP(beta=0.2)
     params = model.init(jax.random.key(4))
     opt_state = optimizer.init(params)
     state = tuple(jnp.zeros((BATCH, n)) for n in model.sizes[1:])

@@ -93,7 +93,7 @@ def test_bad_start_state():
 
 
 def test_non_convergence_is_reported_not_hidden():
-    _, aux = eqjax.gradients(MODEL, COST, GradientDescent(0.01, 1e-12, 2), EP(beta=0.1), PARAMS, X, Y)
+    _, aux = eqjax.gradients(MODEL, COST, GradientDescent(0.01, tol=1e-12, max_steps=2), EP(beta=0.1), PARAMS, X, Y)
     for phase in ("free", "positive", "negative"):
         assert not bool(np.any(aux.phases[phase].converged))
         assert np.all(np.asarray(aux.phases[phase].num_steps) == 2)

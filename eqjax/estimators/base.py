@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.estimators.estimate import Estimate
-from eqjax.loop import select_examples
+from eqjax.loop import check_budget, select_examples
 from eqjax.phases import Free
 from eqjax._relaxation import relax_unchecked
 
@@ -104,14 +104,15 @@ def contrast_gradient(model, params, high, low, x, scale, used) -> dict:
     return jax.grad(contrast)(params)
 
 
-def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, warm_start: bool,
+def relax_phases(model, cost, solver, second_steps, params, x, y, state0, key, warm_start: bool,
                  second_phases: Callable) -> Estimate:
     """The free phase, then the phases ``second_phases(free_state) -> {name: Phase}`` (they may
     depend on the free equilibrium, e.g. coupled learning's clamp target).
 
     The second phases start from the free equilibrium when ``warm_start`` (static), else from the
-    model's start state, and are relaxed with ``nudged_solver`` (``None``: ``solver``). The input
-    field (``model.prepare``) is computed once for all phases.
+    model's start state, and are relaxed by ``solver`` with the budget ``second_steps`` (static;
+    ``None``: the solver's ``max_steps``). The input field (``model.prepare``) is computed once for
+    all phases.
 
     Returns the :class:`Estimate` of the free phase with every second phase added and ``used``
     (finite in every phase).
@@ -119,11 +120,10 @@ def relax_phases(model, cost, solver, nudged_solver, params, x, y, state0, key, 
     prepared = model.prepare(params, x)
     free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, _split(key, 0), prepared)
     start = jax.lax.stop_gradient(free.state) if warm_start else None
-    second_solver = solver if nudged_solver is None else nudged_solver
     equilibria = {"free": free}
     for k, (name, phase) in enumerate(second_phases(jax.lax.stop_gradient(free.state)).items(), start=1):
-        equilibria[name] = relax_unchecked(model, cost, second_solver, params, x, y, phase, start, _split(key, k),
-                                           prepared)
+        equilibria[name] = relax_unchecked(model, cost, solver, params, x, y, phase, start, _split(key, k),
+                                           prepared, second_steps)
     used = ~jnp.any(jnp.stack([eq.nonfinite for eq in equilibria.values()]), axis=0)
     return Estimate.at_free_phase(model, cost, free, y).with_phases(used, **equilibria)
 
@@ -133,6 +133,7 @@ def _split(key, index: int):
     return None if key is None else jax.random.split(key, 3)[index]
 
 
-def solver_errors(nudged_solver) -> dict:
-    """The second-phase solver's own conditions (none when it is the free phase's)."""
-    return {} if nudged_solver is None else nudged_solver.errors()
+def check_second_steps(steps, name: str) -> None:
+    """``ValueError`` unless a second phases' budget ``steps`` is ``None`` or an int >= 0."""
+    if steps is not None:
+        check_budget(steps, name)

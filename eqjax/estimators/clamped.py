@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from eqjax._checks import merge_conditions, shown
-from eqjax.estimators.base import Estimator, contrast_gradient, relax_phases, solver_errors
+from eqjax._checks import shown
+from eqjax.estimators.base import Estimator, check_second_steps, contrast_gradient, relax_phases
 from eqjax.estimators.ep import EP_CONTRASTS, check_variant, second_phase_names
 from eqjax.phases import Clamp
 
@@ -49,17 +49,17 @@ class Contrastive(Estimator):
     equilibrium. Descending ``g`` lowers the energy of the clamped configuration relative to the
     free one. There is no nudge strength: the rule is EP's positive form with the output forced
     all the way to the target. ``warm_start`` (static): the clamped phase starts from the free
-    equilibrium, with the output at the target. ``clamped_solver`` relaxes the clamped phase
-    (default: the free phase's solver). The estimate's ``phases["clamped"]`` is its equilibrium.
+    equilibrium, with the output at the target. ``clamped_steps`` (static) is the clamped phase's
+    budget (default: the solver's ``max_steps``). The estimate's ``phases["clamped"]`` is its equilibrium.
     """
 
     layer: int = struct.field(pytree_node=False, default=-1)
     target: Callable = struct.field(pytree_node=False, default=one_hot_target)
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    clamped_solver: object = None
+    clamped_steps: int | None = struct.field(pytree_node=False, default=None)
 
-    def errors(self) -> dict:
-        return solver_errors(self.clamped_solver)
+    def __post_init__(self):
+        check_second_steps(self.clamped_steps, "clamped_steps")
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase, then the clamped phase; see the class."""
@@ -68,7 +68,7 @@ class Contrastive(Estimator):
             output = clamped_leaf(free_state, self.layer)
             return {"clamped": Clamp(self.target(y, model.num_outputs, output.dtype), layer=self.layer)}
 
-        estimate = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
+        estimate = relax_phases(model, cost, solver, self.clamped_steps, params, x, y, state0, key,
                                 self.warm_start, phases)
         grads = contrast_gradient(model, params, estimate.phases["clamped"].state, estimate.free_state, x,
                                   jnp.ones((), x.dtype), estimate.used)
@@ -88,8 +88,8 @@ class Coupled(Estimator):
     Dividing by ``eta`` (Stern et al. fold it into the learning rate) makes ``g`` comparable with
     EP's for any ``eta``. ``eta`` is traced, real, finite and nonzero (usually in ``(0, 1]``;
     ``eta = 1`` positive is contrastive learning); ``variant``, ``layer``, ``target`` and
-    ``warm_start`` are static. ``clamped_solver`` relaxes the clamped phases (default: the free
-    phase's solver). The estimate's ``phases["positive"]`` / ``phases["negative"]`` are their
+    ``warm_start`` are static, and so is ``clamped_steps``, the clamped phases' budget (default:
+    the solver's ``max_steps``). The estimate's ``phases["positive"]`` / ``phases["negative"]`` are their
     equilibria.
     """
 
@@ -98,16 +98,16 @@ class Coupled(Estimator):
     layer: int = struct.field(pytree_node=False, default=-1)
     target: Callable = struct.field(pytree_node=False, default=one_hot_target)
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    clamped_solver: object = None
+    clamped_steps: int | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         check_variant(self.variant)
+        check_second_steps(self.clamped_steps, "clamped_steps")
 
     def errors(self) -> dict:
         eta = jnp.asarray(self.eta)
-        own = {f"eta must be a real, finite, nonzero number{shown(self.eta)}":
-               jnp.iscomplexobj(eta) | ~jnp.isfinite(eta) | (eta == 0)}
-        return merge_conditions(own, solver_errors(self.clamped_solver))
+        return {f"eta must be a real, finite, nonzero number{shown(self.eta)}":
+                jnp.iscomplexobj(eta) | ~jnp.isfinite(eta) | (eta == 0)}
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase, then the clamped phase(s) around the free output; see the class."""
@@ -119,7 +119,7 @@ class Coupled(Estimator):
             return {name: Clamp(output + signs[name] * step, layer=self.layer)
                     for name in second_phase_names(self.variant)}
 
-        estimate = relax_phases(model, cost, solver, self.clamped_solver, params, x, y, state0, key,
+        estimate = relax_phases(model, cost, solver, self.clamped_steps, params, x, y, state0, key,
                                 self.warm_start, phases)
         high, low, multiple = EP_CONTRASTS[self.variant]
         grads = contrast_gradient(model, params, estimate.phases[high].state, estimate.phases[low].state, x,

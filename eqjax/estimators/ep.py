@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from eqjax._checks import merge_conditions, shown
-from eqjax.estimators.base import Estimator, contrast_gradient, relax_phases, solver_errors
+from eqjax._checks import shown
+from eqjax.estimators.base import Estimator, check_second_steps, contrast_gradient, relax_phases
 from eqjax.phases import Nudge
 
 # For each variant: the two phases contrasted (high, low) and the multiple of the nudge between
@@ -41,9 +41,9 @@ class EP(Estimator):
     nonzero and traced (vmap over it works; changing it never recompiles) and may be negative (a
     random sign per batch, as Scellier & Bengio 2017 do, is :class:`RandomSign`). ``variant``
     and ``warm_start`` (nudged phases start from the free equilibrium, else from the model's start
-    state) are static. ``nudged_solver`` relaxes the nudged phases (default: the free phase's
-    solver), e.g. 4 gradient steps after 20 free ones as in Scellier & Bengio 2017. For a complex
-    beta use :class:`~eqjax.estimators.HolomorphicEP`.
+    state) are static, and so is ``nudged_steps``, the nudged phases' budget (default: the
+    solver's ``max_steps``), e.g. 4 gradient steps after 20 free ones as in Scellier & Bengio 2017.
+    For a complex beta use :class:`~eqjax.estimators.HolomorphicEP`.
 
     Examples that go non-finite in any phase are left out of the gradient (the mean is over the
     others) and reported in the estimate's ``used`` and each phase's ``status``
@@ -53,20 +53,20 @@ class EP(Estimator):
     beta: float = 0.1
     variant: str = struct.field(pytree_node=False, default="centered")
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    nudged_solver: object = None
+    nudged_steps: int | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         check_variant(self.variant)
+        check_second_steps(self.nudged_steps, "nudged_steps")
 
     def errors(self) -> dict:
-        """``beta`` real, finite and nonzero, and the nudged solver's own conditions."""
+        """``beta`` real, finite and nonzero."""
         beta = jnp.asarray(self.beta)
         if beta.ndim != 0:
             raise TypeError(f"beta must be a scalar (vmap over the estimator for several), got shape {beta.shape}")
         if jnp.iscomplexobj(beta):
             raise TypeError("EP takes a real beta; for a complex beta use eqjax.estimators.HolomorphicEP")
-        own = {f"beta must be a finite nonzero number for EP{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
-        return merge_conditions(own, solver_errors(self.nudged_solver))
+        return {f"beta must be a finite nonzero number for EP{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
 
     def phases(self) -> dict:
         """The nudged phases this variant relaxes, by name."""
@@ -76,7 +76,7 @@ class EP(Estimator):
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase from ``state0``, then the nudged phase(s); see the class."""
         self.errors()  # a complex beta raises here, also when traced
-        estimate = relax_phases(model, cost, solver, self.nudged_solver, params, x, y, state0, key,
+        estimate = relax_phases(model, cost, solver, self.nudged_steps, params, x, y, state0, key,
                                 self.warm_start, lambda free_state: self.phases())
         high, low, multiple = EP_CONTRASTS[self.variant]
         scale = multiple * jnp.asarray(self.beta, x.dtype)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from eqjax._checks import merge_conditions, shown
-from eqjax.estimators.base import Estimator, contrast_gradient, solver_errors
+from eqjax._checks import shown
+from eqjax.estimators.base import Estimator, check_second_steps, contrast_gradient
 from eqjax.estimators.estimate import Estimate
 from eqjax.phases import Free, Nudge
 from eqjax._relaxation import relax_unchecked
@@ -49,7 +49,7 @@ class HolomorphicEP(Estimator):
     small ``beta``.
 
     ``beta`` (the radius: real, finite, nonzero) is traced; ``num_phases`` (``N >= 2``),
-    ``warm_start`` (nudged phases start from the free equilibrium) and ``nudged_solver`` as for
+    ``warm_start`` (nudged phases start from the free equilibrium) and ``nudged_steps`` as for
     :class:`~eqjax.estimators.EP`. The ``N`` nudged phases are one vmapped relaxation.
 
     Which models qualify: the state must be unbounded and the energy holomorphic in it, e.g.
@@ -62,18 +62,18 @@ class HolomorphicEP(Estimator):
     beta: float = 0.1
     num_phases: int = struct.field(pytree_node=False, default=4)
     warm_start: bool = struct.field(pytree_node=False, default=True)
-    nudged_solver: object = None
+    nudged_steps: int | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         if isinstance(self.num_phases, bool) or not isinstance(self.num_phases, int) or self.num_phases < 2:
             raise ValueError(f"num_phases must be an int >= 2, got {self.num_phases!r}")
+        check_second_steps(self.nudged_steps, "nudged_steps")
 
     def errors(self) -> dict:
         beta = jnp.asarray(self.beta)
         if jnp.iscomplexobj(beta):
             raise TypeError("HolomorphicEP's beta is the (real) radius of the circle of complex nudges")
-        own = {f"beta must be a finite nonzero number{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
-        return merge_conditions(own, solver_errors(self.nudged_solver))
+        return {f"beta must be a finite nonzero number{shown(self.beta)}": ~jnp.isfinite(beta) | (beta == 0)}
 
     def estimate(self, model, cost, solver, params, x, y, state0=None, key=None):
         """Free phase, then the ``N`` complex nudged phases (vmapped); see the class."""
@@ -85,11 +85,11 @@ class HolomorphicEP(Estimator):
         free = relax_unchecked(model, cost, solver, params, x, None, Free(), state0, free_key, prepared)
         free_state = jax.lax.stop_gradient(free.state)
         start = free_state if self.warm_start else None
-        second = solver if self.nudged_solver is None else self.nudged_solver
         betas = nudges(self.beta, self.num_phases, complex_dtype)
 
         def relax_nudged(beta_k, key_k):
-            return relax_unchecked(model, cost, second, params, x, y, Nudge(beta=beta_k), start, key_k, prepared)
+            return relax_unchecked(model, cost, solver, params, x, y, Nudge(beta=beta_k), start, key_k, prepared,
+                                   self.nudged_steps)
 
         if nudged_key is None:
             nudged = jax.vmap(lambda b: relax_nudged(b, None))(betas)
