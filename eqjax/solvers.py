@@ -73,8 +73,8 @@ class Solver(struct.PyTreeNode, abc.ABC):
       budget (e.g. ``EP(nudged_steps=...)``) with the same solver.
 
     :meth:`init` creates the solver's own state (momentum, history, a PRNG key, a temperature...),
-    ``None`` by default; :meth:`residual` is the stopping test's
-    measure, the size of the last update by default. :func:`eqjax.loop.iterate` runs it.
+    ``None`` by default; :meth:`residual` is the stopping test's measure, the size of the last
+    update by default. :func:`eqjax.loop.iterate` runs it.
 
     The step must treat the examples of the batch independently (as the built-in solvers do): the
     loop freezes an example that goes non-finite and relies on it not affecting the others.
