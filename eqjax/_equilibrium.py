@@ -105,5 +105,7 @@ def screen_examples(model, x, y):
 
 
 def mark_examples(status: jax.Array, codes: jax.Array) -> jax.Array:
-    """``status`` ``(B,)`` with :func:`screen_examples`'s nonzero ``codes`` in place."""
+    """``status`` ``(B,)`` (or ``(B, ...)``, several relaxations per example) with
+    :func:`screen_examples`'s nonzero ``codes`` ``(B,)`` in place."""
+    codes = codes.reshape(codes.shape + (1,) * (status.ndim - 1))
     return jnp.where(codes > 0, codes, status).astype(status.dtype)

@@ -34,8 +34,13 @@ def test_holomorphic_ep_with_two_phases_is_centered_ep(tight_gd):
     # N = 2 puts the nudges at +beta and -beta (real), the Fourier weights at +-1/(2 beta):
     # the same estimate, up to the relaxations' tolerance divided by beta
     assert relative_error(holomorphic, centered) < 1e-9
-    assert aux.phases["nudged"].status.shape == (2, x.shape[0])  # one summary per phase
+    assert aux.phases["nudged"].status.shape == (x.shape[0], 2)  # batch first, one status per phase
     assert bool(jnp.all(aux.phases["nudged"].converged))
+    # an example with an infinite input, inside jit: flagged in both of its nudged phases, left out
+    bad = jax.jit(lambda x: eqjax.gradients(model, COST, tight_gd, HolomorphicEP(beta=0.1, num_phases=2),
+                                            params, x, y)[1])(x.at[0, 0].set(jnp.inf))
+    np.testing.assert_array_equal(bad.phases["nudged"].status[0], [eqjax.RESULTS.INVALID_INPUT] * 2)
+    assert bool(jnp.all(bad.phases["nudged"].converged[1:])) and not bool(bad.used[0])
 
 
 def test_holomorphic_ep_refuses_boxed_models_and_real_only_solvers():

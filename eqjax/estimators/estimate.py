@@ -19,8 +19,9 @@ class Estimate:
     """The declared result of :meth:`Estimator.estimate <eqjax.estimators.Estimator.estimate>`
     next to the gradient (a pytree: it goes through ``jax.jit``, ``vmap`` and ``shard_map``).
 
-    Every array has the batch ``B`` as its leading axis (a phase vmapped over several nudges, as
-    :class:`~eqjax.estimators.HolomorphicEP`'s, has ``(N, B)``).
+    Every array has the batch ``B`` as its leading axis (a phase relaxed for several nudges, as
+    :class:`~eqjax.estimators.HolomorphicEP`'s, has ``(B, N)``), so :mod:`eqjax.parallel` splits
+    every leaf over the batch.
 
     Attributes:
       loss: ``(B,)`` the cost at the free equilibrium; NaN for an example whose free phase went

@@ -56,7 +56,7 @@ class HolomorphicEP(Estimator):
     ``hopfield(..., energy="smooth")`` (sigmoid activations); boxed models (bilinear and
     hard-sigmoid Hopfield, resistive networks) raise ``ValueError``. The solver must accept complex
     states (``GradientDescent``, ``Langevin``; not ``BlockCoordinate``). The estimate's
-    ``phases["nudged"]`` holds the nudged phases' equilibria with a leading phase axis ``(N, B)``.
+    ``phases["nudged"]`` holds the nudged phases' equilibria, batch first: ``(B, N)`` arrays.
     """
 
     beta: float = 0.1
@@ -99,5 +99,6 @@ class HolomorphicEP(Estimator):
         scales = self.num_phases * betas  # 1 / weight of each phase
         per_phase = jax.vmap(contrast_gradient, in_axes=(None, None, 0, None, None, 0, None))(
             model, params, nudged.state, free_state, x, scales, used)
-        estimate = Estimate.at_free_phase(model, cost, free, y).with_phases(used, nudged=nudged)
+        batch_first = jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), nudged)  # (B, N, ...), like every phase
+        estimate = Estimate.at_free_phase(model, cost, free, y).with_phases(used, nudged=batch_first)
         return jax.tree.map(lambda g: jnp.sum(g, axis=0), per_phase), estimate
