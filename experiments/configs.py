@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -150,8 +149,6 @@ def cross_entry_errors(config: RunConfig) -> dict:
     needed = {"langevin": ("step_size", "temperature"), "gradient_descent": ("step_size",)}.get(config.solver, ())
     missing = [name for name in needed if getattr(config, name) is None] or ["step_size"]
     return {
-        f"learning_rate needs one rate per layer ({len(config.sizes) - 1}), got {config.learning_rate}":
-            isinstance(config.learning_rate, tuple) and len(config.learning_rate) != len(config.sizes) - 1,
         "crop_padding and flip augment images: they need a conv config (family 'conv')":
             bool(config.crop_padding or config.flip) and config.family != "conv",
         "momentum applies to SGD; Adam keeps its own moment estimates": bool(config.momentum) and config.optimizer == "adam",
@@ -175,7 +172,7 @@ def validate(config: RunConfig) -> None:
     for message, violated in cross_entry_errors(config).items():
         if violated:
             raise ValueError(message)
-    _, _, solver, estimator, _ = build(dataclasses.replace(config, batches_per_epoch=config.batches_per_epoch or 1))
+    _, _, solver, estimator, _ = build(config.updated(batches_per_epoch=config.batches_per_epoch or 1))
     for message, violated in {**solver.errors(), **estimator.errors()}.items():
         if bool(jnp.any(violated)):
             raise ValueError(message)
@@ -299,6 +296,8 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
         return rule
 
     rates = config.learning_rate
+    if isinstance(rates, tuple) and len(rates) != len(config.sizes) - 1:
+        raise ValueError(f"learning_rate needs one rate per layer ({len(config.sizes) - 1}), got {list(rates)}")
     if config.family == "resistive":  # conductances stay non-negative after every update
         rule = optax.adam if config.optimizer == "adam" else optax.sgd
         schedule = optax.exponential_decay(rates, config.batches_per_epoch, config.decay, staircase=True)
@@ -306,8 +305,6 @@ def make_optimizer(config: RunConfig) -> optax.GradientTransformation:
         return optax.chain(rule(schedule), clip)
     if not isinstance(rates, tuple):
         return sgd(rates)
-    if len(rates) != len(config.sizes) - 1:
-        raise ValueError(f"learning_rate needs one rate per layer ({len(config.sizes) - 1}), got {list(rates)}")
     layers = tuple(f"layer{i}" for i in range(len(rates)))
     return optax.multi_transform(
         {name: sgd(rate) for name, rate in zip(layers, rates)}, {"weights": layers, "biases": layers}

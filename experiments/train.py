@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -477,7 +476,7 @@ def main(argv=None):
     config = resumed_config(args) if args.resume else new_config(args)
     devices = training_devices(args.devices, config.batch_size)
     data = common.load_data(config, args.data_dir)  # before creating anything: bad limits leave no directory
-    config = dataclasses.replace(config, batches_per_epoch=len(data["x"]) // config.batch_size)
+    config = config.updated(batches_per_epoch=len(data["x"]) // config.batch_size)
     training = Training(args, config, data, devices)
     training.preflight()
     run_dir = run_directory(args, config)
