@@ -100,7 +100,9 @@ def test_networks_with_bidirectional_amplifiers_match_ngspice(diode):
             assert spice_difference(model, params, x, y, beta) < 1e-6, (seed, beta)
 
 
-@pytest.mark.parametrize("diode", ["ideal", "shockley"])
+# Shockley diodes (40 s) in make test-slow; their equilibria are checked against ngspice in the
+# default suite, and the ideal diodes' active set here
+@pytest.mark.parametrize("diode", ["ideal", pytest.param("shockley", marks=pytest.mark.slow)])
 def test_ep_matches_implicit_differentiation(diode):
     cost = eqjax.costs.squared_error()
     for seed in range(4):

@@ -12,7 +12,13 @@ from experiments import configs
 NARROW = 12  # hidden units per layer in this test instead of 100-1024
 
 
-@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+# the CIFAR-10 configs compile 4-layer conv nets (30-40 s each): make test-slow; conv-fmnist keeps
+# the conv path in the default suite
+ACCELERATOR_CONFIGS = ("conv-cifar10", "dchn-cifar10")
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in ACCELERATOR_CONFIGS else name
+                                  for name in sorted(configs.CONFIGS)])
 def test_config_trains_one_chunk(name):
     config = configs.named(name, batches_per_epoch=2)
     sizes = config.sizes

@@ -80,6 +80,7 @@ def test_atomic_rewrites_leave_the_old_file_whole_when_interrupted(tmp_path, mon
     assert path.read_text() == "finished record\n"
 
 
+@pytest.mark.slow  # 30-50 s; the same atomic write is killed in test_run_safety in the default suite
 def test_a_kill_while_a_resumed_sweep_rewrites_its_table_loses_no_row(tmp_path, monkeypatch):
     from experiments import runfiles
 
