@@ -53,8 +53,9 @@ import numpy as np
 import optax
 
 import eqjax
-from eqjax.models.conv_ops import (apply_kernel, conv, feedback_kernel, input_gradient, kernel_cotangent,
-                                   per_example_dot, pool, pass_method, prepare_kernel, unpool)
+from eqjax.models.conv_ops import (apply_feedback, apply_kernel, conv, feedback_kernel, input_gradient,
+                                   kernel_cotangent, per_example_dot, pool, pass_method, prepare_feedback,
+                                   prepare_kernel, unpool)
 from eqjax.phases import Free
 from eqjax.solvers import FixedPoint
 
@@ -149,11 +150,11 @@ class LimitCase:
             size = kernels[0].shape[0]
             methods = pass_method("auto", size, padding), pass_method("auto", size, size - 1 - padding)
             forward = tuple(prepare_kernel(w, methods[0]) for w in kernels)
-            flipped = tuple(prepare_kernel(feedback_kernel(w), methods[1]) for w in kernels)
+            flipped = tuple(prepare_feedback(w, methods[1]) for w in kernels)
 
             def body(_, maps):
-                return tuple(1e-3 * apply_kernel(apply_kernel(a, w, size, padding, methods[0]), f, size,
-                                                 size - 1 - padding, methods[1])
+                return tuple(1e-3 * apply_feedback(apply_kernel(a, w, size, padding, methods[0]), f, size, padding,
+                                                   methods[1])
                              for a, w, f in zip(maps, forward, flipped))
 
             return jax.lax.fori_loop(0, total_sweeps, body, lowers)
@@ -199,9 +200,8 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     cost, solver = eqjax.costs.squared_error(), FixedPoint(tol=0.0, max_steps=1)
     plain = lambda k, lower, upper: per_example_dot(upper, pool(conv(lower, params["weights"][k], padding), "max", 2))
 
-    def relaxation(energy, model=model):
-        def run(params, x, state):
-            prepared = model.prepare(params, x)
+    def relaxation(energy, model=model):  # the batch's kernels prepared outside the timed loop
+        def run(prepared, x, state):
             F = energy(prepared, model)
             return jax.lax.fori_loop(0, sweeps, lambda _, s: solver.step(F, s, None, model.bounds)[0], state)
 
@@ -210,6 +210,8 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
     eqjax_energy = lambda prepared, model: eqjax.total_energy(model, cost, Free(), prepared, x, None)
     plain_energy = lambda prepared, model: lambda s: jnp.sum(model.internal_energies(prepared["params"], s, plain)
                                                       - per_example_dot(s[0], prepared["drive"]))
+    direct = model.replace(conv_method="direct")
+    prepared = model.prepare(params, x)
     pairs = conv_pairs(net)
     lowers = tuple(jax.random.uniform(jax.random.key(4), shape) for shape, _ in pairs)
     kernels = params["weights"][1: model.num_conv]
@@ -228,10 +230,9 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
         return jax.linear_transpose(lambda a_: conv(a_, w, padding), a)(z + a[:, :1, :1, :1])[0]
 
     cases = {
-        "eqjax sweep": (relaxation(eqjax_energy), (params, x, state)),
-        "eqjax sweep with XLA's convolutions": (relaxation(eqjax_energy, model.replace(conv_method="direct")),
-                                                (params, x, state)),
-        "sweep through JAX's conv transposes": (relaxation(plain_energy), (params, x, state)),
+        "eqjax sweep": (relaxation(eqjax_energy), (prepared, x, state)),
+        "eqjax sweep with XLA's convolutions": (relaxation(eqjax_energy, direct), (direct.prepare(params, x), x, state)),
+        "sweep through JAX's conv transposes": (relaxation(plain_energy), (prepared, x, state)),
         "forward convolutions": (each_pair(lambda a, w, z: conv(a, w, padding)), (lowers, kernels, outputs)),
         "transposed convolutions (JAX's transpose)": (each_pair(jax_transpose), (lowers, kernels, outputs)),
         "transposed convolutions (flipped kernels)": (
@@ -254,29 +255,30 @@ def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
     ``{"HxWxC->C' kKpP": {"forward direct": ms, ...}}``."""
     from eqjax.models import winograd
 
-    def formulation(method):
+    def formulation(method, feedback):  # (prepare(w), apply(input, prepared, k, forward padding))
         if method == "winograd-4":
-            return (lambda w: winograd.kernel_transform(w, 4),
-                    lambda a, u, k, pad: winograd.conv(a, u, k, pad, 4))
-        return (lambda w: prepare_kernel(w, method), lambda a, u, k, pad: apply_kernel(a, u, k, pad, method))
+            flip = (lambda w: jnp.flip(w, (0, 1))) if feedback else (lambda w: w)
+            return (lambda w: winograd.kernel_transform(flip(w), 4),
+                    lambda a, u, k, pad: winograd.conv(a, u, k, k - 1 - pad if feedback else pad, 4, swap_channels=feedback))
+        if feedback:
+            return lambda w: prepare_feedback(w, method), lambda a, u, k, pad: apply_feedback(a, u, k, pad, method)
+        return lambda w: prepare_kernel(w, method), lambda a, u, k, pad: apply_kernel(a, u, k, pad, method)
 
     timings = {}
     for (shape, kernel_shape) in conv_pairs(net):
         k, pad = kernel_shape[0], net["padding"]
         a = jax.random.uniform(jax.random.key(0), shape)
         w = 0.05 * jax.random.normal(jax.random.key(1), kernel_shape)
-        g = conv(a, w, pad)
         row = {}
-        for direction, (inputs, kernel, padding) in {"forward": (a, w, pad),
-                                                    "feedback": (g, feedback_kernel(w), k - 1 - pad)}.items():
+        for direction, inputs in {"forward": a, "feedback": conv(a, w, pad)}.items():
             for method in ("direct", "winograd", "winograd-4", "scatter"):
-                prepare, apply = formulation(method)
+                prepare, apply = formulation(method, direction == "feedback")
 
-                def run(b, u, apply=apply, padding=padding):
-                    body = lambda _, b: b + 1e-6 * jnp.mean(apply(b, u, k, padding))
+                def run(b, u, apply=apply):
+                    body = lambda _, b: b + 1e-6 * jnp.mean(apply(b, u, k, pad))
                     return jax.lax.fori_loop(0, sweeps, body, b)
 
-                row[f"{direction} {method}"] = ms_per_iteration(run, (inputs, prepare(kernel)), rounds, sweeps)
+                row[f"{direction} {method}"] = ms_per_iteration(run, (inputs, prepare(w)), rounds, sweeps)
         timings[f"{'x'.join(map(str, shape[1:]))}->{kernel_shape[-1]} k{k}p{pad}"] = row
     return timings
 

@@ -9,7 +9,8 @@ import pytest
 import eqjax
 from eqjax.estimators import EP
 from eqjax.models import winograd
-from eqjax.models.conv_ops import conv, pass_method, scatter_conv, weight_gradient
+from eqjax.models.conv_ops import (METHODS, apply_feedback, conv, pass_method, prepare_feedback, scatter_conv,
+                                   weight_gradient)
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 5])
@@ -89,6 +90,22 @@ def test_scatter_convolution_equals_xla(kernel, padding):
     got = scatter_conv(a, w, padding)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(expected))))
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "auto"])
+@pytest.mark.parametrize("kernel, padding", [(3, 1), (3, 0), (5, 0), (5, 2)])
+def test_the_feedback_pass_is_the_transpose_of_the_convolution_in_every_method(method, kernel, padding):
+    # prepare_feedback / apply_feedback (the Winograd one contracts the unswapped channels) against
+    # JAX's own transpose of a -> conv(a, w, padding), with 3 input and 4 output channels
+    keys = jax.random.split(jax.random.key(kernel + 11 * padding), 2)
+    w = jax.random.normal(keys[0], (kernel, kernel, 3, 4), jnp.float64)
+    a = jnp.zeros((2, 7, 9, 3), jnp.float64)
+    g = jax.random.normal(keys[1], conv(a, w, padding).shape, jnp.float64)
+    expected, = jax.linear_transpose(lambda a: conv(a, w, padding), a)(g)
+    got = apply_feedback(g, prepare_feedback(w, method), kernel, padding, method)
+    assert got.shape == expected.shape
+    # float64 round-off of the transforms, as in test_winograd_convolution_equals_xla
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-11 * float(jnp.max(jnp.abs(expected))))
 
 
 def test_pass_method_resolves_auto_by_backend_kernel_and_padding():

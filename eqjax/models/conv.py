@@ -79,8 +79,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from eqjax.models.base import EnergyModel, default_float
-from eqjax.models.conv_ops import (METHODS, per_example_dot, conv, conv_for_parameter_gradients, feedback_kernel, pool,
-                                   pass_method, pooled_coupling, prepare_kernel)
+from eqjax.models.conv_ops import (METHODS, per_example_dot, conv, conv_for_parameter_gradients, pool, pass_method,
+                                   pooled_coupling, prepare_feedback, prepare_kernel)
 
 POOLS = ("max", "avg", "none")
 READOUTS = ("hopfield", "projection")
@@ -244,10 +244,10 @@ class ConvHopfield(EnergyModel):
         """Per conv layer but the first (whose input is clamped; ``None`` in its place), the pair
         ``(forward, feedback)`` that :func:`~eqjax.models.conv_ops.pooled_coupling` takes: the
         kernel and its :func:`~eqjax.models.conv_ops.feedback_kernel`, each prepared for its pass
-        (:func:`~eqjax.models.conv_ops.prepare_kernel`)."""
+        (:func:`~eqjax.models.conv_ops.prepare_kernel`, :func:`~eqjax.models.conv_ops.prepare_feedback`)."""
         pairs = [None]
         for w, (forward, feedback) in zip(params["weights"][1:self.num_conv], self.relaxation_methods[1:]):
-            pairs.append((prepare_kernel(w, forward), prepare_kernel(feedback_kernel(w), feedback)))
+            pairs.append((prepare_kernel(w, forward), prepare_feedback(w, feedback)))
         return tuple(pairs)
 
     def energy(self, params: dict, state: tuple, x: jax.Array) -> jax.Array:

@@ -25,7 +25,8 @@ The relaxation's two convolutions per pair of layers (the forward one and the fe
 run as XLA's convolution (``"direct"``), by Winograd's algorithm (``"winograd"``,
 :mod:`eqjax.models.winograd`: 2.25x fewer products for 3x3 kernels) or from the input's side
 (``"scatter"``, :func:`scatter_conv`: no products with padding zeros); :func:`pass_method`
-chooses, and :func:`prepare_kernel` transforms a kernel once per batch for the chosen method.
+chooses, and :func:`prepare_kernel` and :func:`prepare_feedback` transform a kernel once per batch
+for the chosen method.
 """
 
 from __future__ import annotations
@@ -116,6 +117,26 @@ def apply_kernel(a: jax.Array, prepared: jax.Array, kernel: int, padding: int, m
     if method == "scatter":
         return scatter_conv(a, prepared, padding)
     return conv(a, prepared, padding)
+
+
+def prepare_feedback(w: jax.Array, method: str) -> jax.Array:
+    """The feedback pass's kernel, :func:`feedback_kernel` of ``w`` ``(k, k, C_in, C_out)``, as
+    :func:`apply_feedback` takes it for ``method``: ``prepare_kernel(feedback_kernel(w), method)``,
+    except for ``"winograd"``: the transform of ``w`` flipped in space with its channels left in place
+    (``(k + 1, k + 1, C_in, C_out)``; see ``swap_channels`` in :func:`eqjax.models.winograd.conv`).
+    Linear in ``w``."""
+    if method == "winograd":
+        return winograd.kernel_transform(jnp.flip(w, (0, 1)))
+    return prepare_kernel(feedback_kernel(w), method)
+
+
+def apply_feedback(g: jax.Array, prepared: jax.Array, kernel: int, padding: int, method: str) -> jax.Array:
+    """``input_gradient(g, feedback_kernel(w), padding)`` (the transpose of ``a -> conv(a, w,
+    padding)`` applied to ``g`` ``(B, H_out, W_out, C_out)``) from ``prepared = prepare_feedback(w,
+    method)``; ``kernel``, ``padding`` (the forward pass's) and ``method`` are static."""
+    if method == "winograd":
+        return winograd.conv(g, prepared, kernel, kernel - 1 - padding, swap_channels=True)
+    return apply_kernel(g, prepared, kernel, kernel - 1 - padding, method)
 
 
 def weight_gradient(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> jax.Array:
@@ -210,8 +231,7 @@ def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, forward: j
     layers in the energy (``lower`` ``(B, H, W, C_in)``, ``upper`` the pooled map ``(B, H', W',
     C_out)``). With ``methods = (forward_method, feedback_method)`` (each ``"direct"``,
     ``"winograd"`` or ``"scatter"``: :func:`pass_method`), ``forward`` must be
-    ``prepare_kernel(w, forward_method)`` and ``feedback`` ``prepare_kernel(feedback_kernel(w),
-    feedback_method)``: the value and the state derivatives use them, the parameter derivative
+    ``prepare_kernel(w, forward_method)`` and ``feedback`` ``prepare_feedback(w, feedback_method)``: the value and the state derivatives use them, the parameter derivative
     uses ``w``. ``padding``, ``kind``, ``size`` and ``methods`` are static.
 
     Derivatives (forward-mode rule; reverse mode transposes it): with ``z = conv(lower, w)``,
@@ -235,7 +255,7 @@ def _pooled_coupling_jvp(padding, kind, size, methods, primals, tangents):
     if not isinstance(d_lower, SymbolicZero) or not isinstance(d_w, SymbolicZero):
         spread = unpool(upper, z, kind, size)
         if not isinstance(d_lower, SymbolicZero):
-            field = apply_kernel(spread, feedback.astype(spread.dtype), kernel, kernel - 1 - padding, methods[1])
+            field = apply_feedback(spread, feedback.astype(spread.dtype), kernel, padding, methods[1])
             tangent = tangent + per_example_dot(d_lower, field)
         if not isinstance(d_w, SymbolicZero):
             tangent = tangent + per_example_dot(spread, conv(lower, d_w, padding))
