@@ -164,17 +164,28 @@ def kernel_cotangent(a: jax.Array, g: jax.Array, kernel: int, padding: int) -> j
     return weight_gradient(a, g, kernel, padding)
 
 
+def one_off_conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
+    """``conv(a, w, padding)`` with ``w`` used once (prepared here): on a CPU by Winograd's algorithm
+    for the kernels of :data:`WINOGRAD_KERNELS` when the input has at least 16 channels (with fewer,
+    the transforms cost more than the products they save), else XLA's convolution."""
+    kernel = w.shape[0]
+    method = pass_method("auto", kernel, padding)
+    if method != "winograd" or a.shape[-1] < 16:
+        method = "direct"
+    return apply_kernel(a, prepare_kernel(w, method), kernel, padding, method)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_for_parameter_gradients(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
-    """:func:`conv` whose reverse-mode rule computes both cotangents without JAX's transposes of a
-    convolution (:func:`input_gradient`, :func:`kernel_cotangent`); the same values as JAX's rule.
-    Reverse mode only (JAX cannot take forward-mode derivatives of a ``custom_vjp`` function): EP's
-    parameter gradient and the feedforward backprop baseline use it."""
-    return conv(a, w, padding)
+    """:func:`conv` (as :func:`one_off_conv`) whose reverse-mode rule computes both cotangents without
+    JAX's transposes of a convolution (:func:`input_gradient`, :func:`kernel_cotangent`); the same
+    values as JAX's rule. Reverse mode only (JAX cannot take forward-mode derivatives of a
+    ``custom_vjp`` function): EP's parameter gradient and the feedforward backprop baseline use it."""
+    return one_off_conv(a, w, padding)
 
 
 def _conv_forward(a, w, padding):
-    return conv(a, w, padding), (a, w)
+    return one_off_conv(a, w, padding), (a, w)
 
 
 def _conv_backward(padding, residuals, g):
