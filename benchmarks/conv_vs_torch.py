@@ -1,6 +1,7 @@
 """Convolutional EP: eqjax against a PyTorch baseline and against the convolutions' own time.
 
-    python -m benchmarks.conv_vs_torch [--rounds 5] [--batches 2] [--nets dchn chn-28]
+    python -m benchmarks.conv_vs_torch [--rounds 5] [--batches 2] [--nets dchn chn-28] [--breakdown]
+                                       [--profile]
                                        [--output benchmarks/conv_vs_torch_results.json]
 
 Nets (random data of the right shapes; linear output units in the energy, squared error, centered
@@ -26,7 +27,8 @@ For each net, seconds per batch of
   and kernel gradient. Pooling, clipping, the dense
   output and the optimizer are left out.
 
-and the ratios torch / eqjax and eqjax / limit. ``--breakdown`` adds where one relaxation sweep of
+and the ratios torch / eqjax and eqjax / limit. ``--profile`` adds where eqjax's training step of
+the first net spends its time, from JAX's profiler (:func:`step_profile`). ``--breakdown`` adds where one relaxation sweep of
 the first net spends its time (each measured in a loop of sweeps, as the relaxation runs), and the
 time of each convolution pass of every net in each formulation (XLA's, Winograd's F(2x2) and
 F(4x4), from the input's side).
@@ -38,6 +40,7 @@ back to back (a burst of load hits all of a round); medians over rounds. Writes 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -53,6 +56,7 @@ import numpy as np
 import optax
 
 import eqjax
+from benchmarks.profiling import operation_times
 from eqjax.models.conv_ops import (apply_feedback, apply_kernel, conv, feedback_kernel, input_gradient,
                                    kernel_cotangent, per_example_dot, pool, pass_method, prepare_feedback,
                                    prepare_kernel, unpool)
@@ -283,12 +287,34 @@ def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
     return timings
 
 
+def step_profile(net: dict, top: int = 12) -> dict:
+    """Where eqjax's training step of ``net`` spends its time under JAX's profiler
+    (:mod:`benchmarks.profiling`), in milliseconds of operation time per batch (both threads):
+    totals inside the relaxation loops and in the rest of the step (each phase's last sweep before
+    its stopping test, the kernel preparation, EP's weight update, the optimizer), each split
+    into matrix products and convolutions (``ynn_fusion``) and the rest; and the ``top`` slowest
+    operations."""
+    case = EqjaxCase(net, 2)
+    rows = operation_times(case.run, case.epoch.lower(*case.arguments).compile().as_text())
+    totals = collections.defaultdict(float)
+    for row in rows:
+        where = "relaxation loop" if row.in_loop else "rest of the step"
+        what = "products and convolutions" if row.kind == "ynn_fusion" else "other operations"
+        totals[f"{where}: {what}"] += row.ms / case.batches
+    slowest = [{"operation": row.name, "from": row.source.rsplit("/", 1)[-1], "shape": row.shape,
+                "in_loop": row.in_loop, "count": row.count / case.batches, "ms": row.ms / case.batches}
+               for row in rows[:top]]
+    return {"ms_per_batch": dict(sorted(totals.items(), key=lambda item: -item[1])), "slowest": slowest}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after the warm-up round")
     parser.add_argument("--batches", type=int, default=2, help="batches per timed eqjax epoch and torch loop")
     parser.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
     parser.add_argument("--breakdown", action="store_true", help="also time the parts of one sweep")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile eqjax's training step of the first net (JAX's profiler)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "conv_vs_torch_results.json")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.batches < 1:
@@ -333,6 +359,18 @@ def main(argv=None):
             print(f"\nOne convolution pass of {net_name} (batch {NETS[net_name]['batch']}), ms, per formulation:")
             for pair, row in results["pass_formulations"][net_name].items():
                 print(f"  {pair}: " + ", ".join(f"{method} {ms:.2f}" for method, ms in row.items()))
+    if args.profile:
+        name = args.nets[0]
+        results["step_profile"] = {"net": name, **step_profile(NETS[name])}
+        totals = results["step_profile"]["ms_per_batch"]
+        print(f"\neqjax's training step of {name} under the profiler, ms of operation time per batch (both "
+              f"threads), {sum(totals.values()):.0f} in all:")
+        for part, ms in totals.items():
+            print(f"  {part}: {ms:.1f}")
+        print("The slowest operations (ms per batch, times run per batch, JAX source, shape):")
+        for row in results["step_profile"]["slowest"]:
+            print(f"  {row['ms']:6.1f} {row['count']:4.0f}x {row['from']} {row['shape']}"
+                  f"{' (in the loop)' if row['in_loop'] else ''}")
     args.output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.output}")
     return results

@@ -12,17 +12,14 @@ goes, by kind of XLA operation (count and milliseconds per sweep).
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import re
 import statistics
-import tempfile
 import time
 
 import jax
 import optax
 
 import eqjax
+from benchmarks.profiling import by_kind, operation_times
 from eqjax.estimators import EP
 from eqjax.solvers import BlockCoordinate
 
@@ -41,30 +38,6 @@ def member(h, xs, ys):
     for _ in range(3):
         params, opt_state, metrics = epoch(params, opt_state, solver, EP(beta=h["beta"]), xs, ys)
     return metrics["loss"].mean()
-
-
-def profile(run, calls: int = 3) -> dict:
-    """``{kind: (operations, ms)}`` per call of ``run`` from JAX's profiler trace: the XLA CPU
-    runtime's operations (``ynn_fusion`` for matrix products, ``*_fusion`` for fused elementwise
-    work), loops excluded (their bodies are counted)."""
-    from jax._src.lib import _profile_data  # the profiler's reader of its own trace files
-
-    with tempfile.TemporaryDirectory() as directory:
-        with jax.profiler.trace(directory):
-            for _ in range(calls):
-                jax.block_until_ready(run())
-        data = _profile_data.ProfileData.from_file(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0])
-    totals = collections.defaultdict(lambda: [0, 0.0])
-    for plane in data.planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):  # the threads that run XLA's operations
-                continue
-            for event in line.events:
-                kind = re.sub(r"[._]?\d+$", "", event.name)
-                if not kind.startswith(("while", "ThunkExecutor", "call", "conditional", "end:")):
-                    totals[kind][0] += 1
-                    totals[kind][1] += event.duration_ns / 1e6
-    return {kind: (count / calls, ms / calls) for kind, (count, ms) in totals.items()}
 
 
 def main(argv=None):
@@ -94,7 +67,7 @@ def main(argv=None):
     for name, value in medians.items():
         print(f"| {name} | {value:.3f} | {value / fastest:.2f} | {medians['sequential'] / value:.2f} |")
     if args.profile:
-        kinds = profile(cases["vmap all"])
+        kinds = by_kind(operation_times(cases["vmap all"]))
         total_count, total_ms = sum(c for c, _ in kinds.values()), sum(ms for _, ms in kinds.values())
         print(f"\nThe vmapped sweep under the profiler: {total_count:.0f} operations, {total_ms:.1f} ms of "
               "operation time (both threads) per sweep")

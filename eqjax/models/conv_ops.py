@@ -74,9 +74,12 @@ def scatter_conv(a: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     of a layer without padding, which multiplies ``k - 1`` rings of zeros otherwise."""
     k, _, c_in, c_out = w.shape
     batch, height, width, _ = a.shape
-    taps = jnp.einsum("nc,tco->tno", a.reshape(-1, c_in), w.reshape(k * k, c_in, c_out).astype(a.dtype))
-    taps = taps.reshape(k, k, batch, height, width, c_out)  # each tap's products contiguous
-    rows = [sum(jnp.pad(taps[i, j], ((0, 0), (0, 0), (k - 1 - j, j), (0, 0))) for j in range(k)) for i in range(k)]
+    # (positions, taps x C_out), row-major as the product leaves it: with the taps first XLA
+    # transposed the product's result in every pass, about as costly as the product itself
+    taps = a.reshape(-1, c_in) @ w.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out).astype(a.dtype)
+    taps = taps.reshape(batch, height, width, k, k, c_out)
+    rows = [sum(jnp.pad(taps[:, :, :, i, j], ((0, 0), (0, 0), (k - 1 - j, j), (0, 0))) for j in range(k))
+            for i in range(k)]
     full = sum(jnp.pad(row, ((0, 0), (k - 1 - i, i), (0, 0), (0, 0))) for i, row in enumerate(rows))
     crop = k - 1 - padding
     if crop < 0:
