@@ -66,8 +66,9 @@ def _combine(coefficients, terms):
 def _sandwich(left: np.ndarray, t: jax.Array, right: np.ndarray) -> jax.Array:
     """``left t right`` over the two leading axes of ``t`` ``(i, j, C_in, C_out)``, for every channel
     pair: ``(left.shape[0], right.shape[1], C_in, C_out)``. Written as sums of whole ``(C_in, C_out)``
-    slices with the static coefficients: as a contraction XLA makes it a matrix product with 3 or 4
-    columns, 20-30 times slower on a CPU (about 20 ms for a 512 x 512 kernel, once per batch)."""
+    slices with the static coefficients: as a contraction XLA's CPU backend makes it a matrix product
+    with 3 or 4 columns, more than ten times slower (BENCHMARKS.md, "Convolutional EP against
+    PyTorch")."""
     rows = [_combine(left[a], list(t)) for a in range(left.shape[0])]
     return jnp.stack([jnp.stack([_combine(right[:, b], list(row)) for b in range(right.shape[1])]) for row in rows])
 
@@ -112,8 +113,8 @@ def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE, s
     With ``swap_channels=True`` (static) ``u`` is ``kernel_transform(v)`` of a kernel ``v`` ``(r, r,
     C_out, C_in)`` and the convolution is with ``v``'s channels swapped, ``v.transpose(0, 1, 3, 2)``:
     the products contract ``u``'s last axis, so the swapped kernel is never transposed in memory.
-    That costs a few percent per product on a CPU, but the transpose of a transformed kernel,
-    fused by XLA into the transform's sums, costs about 25 ms for 512 x 512 channels."""
+    That costs a few percent per product on a CPU; a transposed kernel costs more: XLA's CPU backend
+    fuses the transpose into the transform's sums, which then read memory with a large stride."""
     at, _, _ = matrices(m, kernel)
     n = m + kernel - 1
     batch, channels = a.shape[0], a.shape[-1]
