@@ -246,7 +246,8 @@ def pooled_coupling(lower: jax.Array, upper: jax.Array, w: jax.Array, forward: j
     C_out)``). With ``methods = (forward_method, feedback_method)`` (each ``"direct"``,
     ``"winograd"`` or ``"scatter"``: :func:`pass_method`), ``forward`` must be
     ``prepare_kernel(w, forward_method)`` and ``feedback`` ``prepare_feedback(w, feedback_method)``:
-    the value and the state derivatives use them, the parameter derivative uses ``w``. ``padding``, ``kind``, ``size`` and ``methods`` are static.
+    the value and the state derivatives use them, the parameter derivative uses ``w``. ``padding``,
+    ``kind``, ``size`` and ``methods`` are static.
 
     Derivatives (forward-mode rule; reverse mode transposes it): with ``z = conv(lower, w)``,
     ``d/d upper = pool(z)``, ``d/d lower = input_gradient(unpool(upper, z), w_flipped)`` and ``d/d w``
