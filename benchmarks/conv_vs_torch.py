@@ -301,7 +301,7 @@ def step_profile(net: dict, top: int = 12) -> dict:
         where = "relaxation loop" if row.in_loop else "rest of the step"
         what = "products and convolutions" if row.kind == "ynn_fusion" else "other operations"
         totals[f"{where}: {what}"] += row.ms / case.batches
-    slowest = [{"operation": row.name, "from": row.source.rsplit("/", 1)[-1], "shape": row.shape,
+    slowest = [{"operation": row.name, "from": row.source.rsplit("/", 1)[-1] or row.name, "shape": row.shape,
                 "in_loop": row.in_loop, "count": row.count / case.batches, "ms": row.ms / case.batches}
                for row in rows[:top]]
     return {"ms_per_batch": dict(sorted(totals.items(), key=lambda item: -item[1])), "slowest": slowest}
