@@ -4,8 +4,10 @@
 operation of its compiled module (``ynn_fusion`` rows are matrix products and convolutions,
 ``*_fusion`` rows fused elementwise work), with the JAX operation it came from (the HLO
 ``op_name`` metadata) and its result's shape. Times are the operations' own durations on the
-threads that run them (``tf_XLAEigen*``), summed over both threads, per call: loops appear as
-their bodies' operations, counted once per iteration.
+threads that run them (XLA's thread pool ``tf_XLAEigen*`` and, for operations too small to split,
+the client's own thread ``tf_XLAPjRtCpuClient*``), summed over the threads, per call: loops appear
+as their bodies' operations, counted once per iteration; the runtime's own markers and waits are
+left out.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import tempfile
 
 import jax
 
-_LOOPS = ("while", "ThunkExecutor", "call", "conditional", "end:")
+_THREADS = ("tf_XLAEigen", "tf_XLAPjRtCpuClient")
+_NOT_OPERATIONS = ("while", "call", "conditional", "end:", "ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool")
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) .*?op_name=\"([^\"]+)\"")
 
 
@@ -69,10 +72,10 @@ def operation_times(run, compiled_text: str = "", calls: int = 3) -> list[Operat
     totals = collections.defaultdict(lambda: [0, 0.0])
     for plane in data.planes:
         for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):  # the threads that run XLA's operations
+            if not line.name.startswith(_THREADS):  # the threads that run XLA's operations
                 continue
             for event in line.events:
-                if not event.name.startswith(_LOOPS):
+                if not event.name.startswith(_NOT_OPERATIONS):
                     totals[event.name][0] += 1
                     totals[event.name][1] += event.duration_ns / 1e6
     sources = _sources(compiled_text)
