@@ -28,10 +28,10 @@ For each net, seconds per batch of
   output and the optimizer are left out.
 
 and the ratios torch / eqjax and eqjax / limit. ``--profile`` adds where eqjax's training step of
-the first net spends its time, from JAX's profiler (:func:`step_profile`). ``--breakdown`` adds where one relaxation sweep of
-the first net spends its time (each measured in a loop of sweeps, as the relaxation runs), and the
-time of each convolution pass of every net in each formulation (XLA's, Winograd's F(2x2) and
-F(4x4), from the input's side).
+the first net spends its time, from JAX's profiler (:func:`step_profile`). ``--breakdown`` adds
+where one relaxation sweep of the first net spends its time (each measured in a loop of sweeps, as
+the relaxation runs), and the time of each convolution pass of every net in each formulation
+(XLA's, Winograd's F(2x2) and F(4x4), from the input's side).
 
 Timing as in ``make bench``: every case compiled and warmed up, then rounds that time every case
 back to back (a burst of load hits all of a round); medians over rounds. Writes JSON.
@@ -235,7 +235,8 @@ def sweep_breakdown(net: dict, rounds: int, sweeps: int = 10) -> dict:
 
     cases = {
         "eqjax sweep": (relaxation(eqjax_energy), (prepared, x, state)),
-        "eqjax sweep with XLA's convolutions": (relaxation(eqjax_energy, direct), (direct.prepare(params, x), x, state)),
+        "eqjax sweep with XLA's convolutions": (relaxation(eqjax_energy, direct),
+                                                (direct.prepare(params, x), x, state)),
         "sweep through JAX's conv transposes": (relaxation(plain_energy), (prepared, x, state)),
         "forward convolutions": (each_pair(lambda a, w, z: conv(a, w, padding)), (lowers, kernels, outputs)),
         "transposed convolutions (JAX's transpose)": (each_pair(jax_transpose), (lowers, kernels, outputs)),
@@ -263,7 +264,8 @@ def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
         if method == "winograd-4":
             flip = (lambda w: jnp.flip(w, (0, 1))) if feedback else (lambda w: w)
             return (lambda w: winograd.kernel_transform(flip(w), 4),
-                    lambda a, u, k, pad: winograd.conv(a, u, k, k - 1 - pad if feedback else pad, 4, swap_channels=feedback))
+                    lambda a, u, k, pad: winograd.conv(a, u, k, k - 1 - pad if feedback else pad, 4,
+                                                       swap_channels=feedback))
         if feedback:
             return lambda w: prepare_feedback(w, method), lambda a, u, k, pad: apply_feedback(a, u, k, pad, method)
         return lambda w: prepare_kernel(w, method), lambda a, u, k, pad: apply_kernel(a, u, k, pad, method)
@@ -295,6 +297,7 @@ def step_profile(net: dict, top: int = 12) -> dict:
     into matrix products and convolutions (``ynn_fusion``) and the rest; and the ``top`` slowest
     operations."""
     case = EqjaxCase(net, 2)
+    case.run()  # compiled and warmed up before the trace
     rows = operation_times(case.run, case.epoch.lower(*case.arguments).compile().as_text())
     totals = collections.defaultdict(float)
     for row in rows:

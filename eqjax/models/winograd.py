@@ -104,7 +104,8 @@ def _input_tiles(a, kernel, padding, m):
     return jax.lax.optimization_barrier(v.reshape(n * n, -1, channels)), (tiles_h, tiles_w, out_h, out_w)
 
 
-def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE, swap_channels: bool = False) -> jax.Array:
+def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE,
+         swap_channels: bool = False) -> jax.Array:
     """The stride-1 convolution of ``a`` ``(B, H, W, C_in)`` with an ``r x r`` kernel ``w`` (``kernel``
     = ``r``, static) and ``padding`` (static; a negative value crops) zeros on each side, from ``u
     = kernel_transform(w)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
