@@ -261,14 +261,12 @@ def pass_formulations(net: dict, rounds: int, sweeps: int = 10) -> dict:
     from eqjax.models import winograd
 
     def formulation(method, feedback):  # (prepare(w), apply(input, prepared, k, forward padding))
-        if method == "winograd-4":
+        apply = apply_feedback if feedback else apply_kernel
+        if method == "winograd-4":  # the Winograd passes with 4x4 tiles (the tile size is the kernel's)
             flip = (lambda w: jnp.flip(w, (0, 1))) if feedback else (lambda w: w)
-            return (lambda w: winograd.kernel_transform(flip(w), 4),
-                    lambda a, u, k, pad: winograd.conv(a, u, k, k - 1 - pad if feedback else pad, 4,
-                                                       swap_channels=feedback))
-        if feedback:
-            return lambda w: prepare_feedback(w, method), lambda a, u, k, pad: apply_feedback(a, u, k, pad, method)
-        return lambda w: prepare_kernel(w, method), lambda a, u, k, pad: apply_kernel(a, u, k, pad, method)
+            return lambda w: winograd.kernel_transform(flip(w), 4), lambda a, u, k, pad: apply(a, u, k, pad, "winograd")
+        prepare = prepare_feedback if feedback else prepare_kernel
+        return lambda w: prepare(w, method), lambda a, u, k, pad: apply(a, u, k, pad, method)
 
     timings = {}
     for (shape, kernel_shape) in conv_pairs(net):

@@ -104,21 +104,22 @@ def _input_tiles(a, kernel, padding, m):
     return jax.lax.optimization_barrier(v.reshape(n * n, -1, channels)), (tiles_h, tiles_w, out_h, out_w)
 
 
-def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, m: int = TILE,
-         swap_channels: bool = False) -> jax.Array:
+def conv(a: jax.Array, u: jax.Array, kernel: int, padding: int, swap_channels: bool = False) -> jax.Array:
     """The stride-1 convolution of ``a`` ``(B, H, W, C_in)`` with an ``r x r`` kernel ``w`` (``kernel``
     = ``r``, static) and ``padding`` (static; a negative value crops) zeros on each side, from ``u
-    = kernel_transform(w)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
-    :func:`eqjax.models.conv_ops.conv` up to float rounding.
+    = kernel_transform(w, m)``: ``(B, H + 2p - r + 1, W + 2p - r + 1, C_out)``, equal to
+    :func:`eqjax.models.conv_ops.conv` up to float rounding. The tile size ``m`` is ``u``'s:
+    ``u.shape[0] - r + 1``.
 
     With ``swap_channels=True`` (static) ``u`` is ``kernel_transform(v)`` of a kernel ``v`` ``(r, r,
     C_out, C_in)`` and the convolution is with ``v``'s channels swapped, ``v.transpose(0, 1, 3, 2)``:
     the products contract ``u``'s last axis, so the swapped kernel is never transposed in memory.
     That costs a few percent per product on a CPU; a transposed kernel costs more: XLA's CPU backend
     fuses the transpose into the transform's sums, which then read memory with a large stride."""
+    n = u.shape[0]
+    m = n - kernel + 1
     at, _, _ = matrices(m, kernel)
-    n = m + kernel - 1
-    batch, channels = a.shape[0], a.shape[-1]
+    batch = a.shape[0]
     v, (tiles_h, tiles_w, out_h, out_w) = _input_tiles(a, kernel, padding, m)
     u = u.reshape(n * n, *u.shape[2:]).astype(a.dtype)
     out_channels = u.shape[1] if swap_channels else u.shape[2]
