@@ -62,13 +62,11 @@ def operation_times(run, compiled_text: str = "", calls: int = 3) -> list[Operat
     """Run ``run()`` ``calls`` times under JAX's profiler (compile and warm it up first); one
     :class:`OperationTime` per operation, per call, slowest first. ``compiled_text``
     (``jitted.lower(...).compile().as_text()``) names each operation's JAX source and shape."""
-    from jax._src.lib import _profile_data  # the profiler's reader of its own trace files
-
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory):
             for _ in range(calls):
                 jax.block_until_ready(run())
-        data = _profile_data.ProfileData.from_file(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0])
+        data = jax.profiler.ProfileData.from_file(glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)[0])
     totals = collections.defaultdict(lambda: [0, 0.0])
     for plane in data.planes:
         for line in plane.lines:
