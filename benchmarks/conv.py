@@ -40,11 +40,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from eqjax.models.conv_ops import conv, weight_gradient
 
-from benchmarks.run import EPCase, compile_with_memory, timed
+from benchmarks.run import BackpropCase, EPCase, timed
 from experiments import configs
 from experiments.splits import load_split
 
@@ -58,41 +57,14 @@ CASES = {  # name: (config overrides, table label)
 }
 
 
-class FeedforwardCase:
-    """Backprop through the feedforward CNN of the same layers (clipped to the model's boxes)."""
-
-    def __init__(self, x, y, chunk_batches):
-        config = configs.named(CONFIG, batches_per_epoch=EPOCH_EXAMPLES // 32)
-        model, cost, _, _, optimizer = configs.build(config)
-        params = model.init(jax.random.key(0), jnp.float32)
-        self.carry = (params, optimizer.init(params))
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config.batch_size
-        self.times, self.steps = [], []
-
-        loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(model.feedforward(p, xb), yb))
-
-        @jax.jit
-        def chunk(p, s, xs, ys):
-            def body(carry, batch):
-                grads = jax.grad(loss)(carry[0], *batch)
-                updates, state = optimizer.update(grads, carry[1], carry[0])
-                return (optax.apply_updates(carry[0], updates), state), None
-
-            return jax.lax.scan(body, (p, s), (xs, ys))[0]
-
-        self.chunk = chunk
-
-    def arguments(self, r):
-        first, last = r * self.chunk_batches * self.batch, (r + 1) * self.chunk_batches * self.batch
-        return (*self.carry, self.x[first:last].reshape(self.chunk_batches, self.batch, -1),
-                self.y[first:last].reshape(self.chunk_batches, self.batch))
-
-    def compile(self):
-        return compile_with_memory(self.chunk, *self.arguments(0))
-
-    def run(self, r):
-        seconds, self.carry = timed(self.chunk, *self.arguments(r))
-        return seconds
+def feedforward_case(x, y, chunk_batches) -> BackpropCase:
+    """Backprop through the feedforward CNN of the same layers (clipped to the model's boxes),
+    trained with the config's optimizer."""
+    config = configs.named(CONFIG, batches_per_epoch=EPOCH_EXAMPLES // 32)
+    model, cost, _, _, optimizer = configs.build(config)
+    loss = lambda p, xb, yb: jnp.mean(jax.vmap(cost)(model.feedforward(p, xb), yb))
+    return BackpropCase(loss, model.init(jax.random.key(0), jnp.float32), optimizer, x, y, chunk_batches,
+                        config.batch_size)
 
 
 def kernel_gradient_in_a_loop(rounds: int = 3, steps: int = 50) -> dict:
@@ -135,7 +107,7 @@ def main(argv=None):
     x, y = load_split("fashion-mnist", "train", examples)
     config = configs.named(CONFIG, batches_per_epoch=EPOCH_EXAMPLES // 32)
     cases = {name: EPCase(config.updated(**overrides), x, y, args.chunk) for name, (overrides, _) in CASES.items()}
-    cases["feedforward"] = FeedforwardCase(x, y, args.chunk)
+    cases["feedforward"] = feedforward_case(x, y, args.chunk)
     compiled = {name: case.compile()[0] for name, case in cases.items()}  # seconds (and MiB)
     for r in range(args.rounds + 1):  # round 0 warms up
         print(f"round {r}/{args.rounds}{' (warm-up)' if r == 0 else ''} ...", file=sys.stderr, flush=True)

@@ -122,37 +122,27 @@ class EPCase:
         return seconds
 
 
-class BPCase:
-    """Backprop on the same architecture: each layer clipped to the EP model's box (hard-sigmoid
-    hidden units; DHN's outputs are linear, Scellier-Bengio's in [0, 1]), the same initialisation
-    and squared-error cost, SGD at 0.05 (the rate does not change the time), one lax.scan per
-    chunk."""
+class BackpropCase:
+    """Training by backprop on ``loss(params, x_batch, y_batch)`` with ``optimizer``, one
+    ``lax.scan`` over the batches of a chunk (the carry donated, as the EP chunks update in place);
+    ``x`` and ``y`` hold the examples of every round, ``batch`` examples per step."""
 
-    def __init__(self, base, x, y, chunk_batches):
-        config = configs.named(base, batches_per_epoch=1)
-        model, cost = configs.build(config)[:2]
-        optimizer = optax.sgd(0.05)
-        params = model.init(jax.random.key(0))
+    def __init__(self, loss, params, optimizer, x, y, chunk_batches, batch):
         self.carry = (params, optimizer.init(params))
-        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, config.batch_size
+        self.x, self.y, self.chunk_batches, self.batch = x, y, chunk_batches, batch
+        self.times, self.steps = [], []
 
-        def loss(p, xb, yb):
-            h = xb
-            for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
-                h = jnp.clip(h @ w + b, lo, hi)
-            return jnp.mean(jax.vmap(cost)(h, yb))
-
-        @functools.partial(jax.jit, donate_argnums=(0, 1))  # in place, as the EP chunks
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
         def chunk(p, s, xs, ys):
             def body(carry, batch_xy):
                 p, s = carry
-                value, grads = jax.value_and_grad(loss)(p, *batch_xy)
+                grads = jax.grad(loss)(p, *batch_xy)
                 updates, s = optimizer.update(grads, s, p)
-                return (optax.apply_updates(p, updates), s), value
+                return (optax.apply_updates(p, updates), s), None
 
-            return jax.lax.scan(body, (p, s), (xs, ys))
+            return jax.lax.scan(body, (p, s), (xs, ys))[0]
 
-        self.chunk, self.times = chunk, []
+        self.chunk = chunk
 
     def arguments(self, r):
         first, last = r * self.chunk_batches * self.batch, (r + 1) * self.chunk_batches * self.batch
@@ -163,8 +153,25 @@ class BPCase:
         return compile_with_memory(self.chunk, *self.arguments(0))
 
     def run(self, r):
-        seconds, (self.carry, _) = timed(self.chunk, *self.arguments(r))
+        seconds, self.carry = timed(self.chunk, *self.arguments(r))
         return seconds
+
+
+def bp_case(base, x, y, chunk_batches) -> BackpropCase:
+    """Backprop on the architecture of the named config ``base``: each layer clipped to the EP
+    model's box (hard-sigmoid hidden units; DHN's outputs are linear, Scellier-Bengio's in [0, 1]),
+    the same initialisation and squared-error cost, SGD at 0.05 (the rate does not change the
+    time)."""
+    config = configs.named(base, batches_per_epoch=1)
+    model, cost = configs.build(config)[:2]
+
+    def loss(p, xb, yb):
+        h = xb
+        for w, b, (lo, hi) in zip(p["weights"], p["biases"], model.bounds):
+            h = jnp.clip(h @ w + b, lo, hi)
+        return jnp.mean(jax.vmap(cost)(h, yb))
+
+    return BackpropCase(loss, model.init(jax.random.key(0)), optax.sgd(0.05), x, y, chunk_batches, config.batch_size)
 
 
 class MatmulCase:
@@ -261,7 +268,7 @@ def main():
 
     x, y = load_split("mnist", "train")
     cases = {name: EPCase(variant_config(name), x, y, args.chunk) for name in VARIANTS}
-    cases.update({f"bp-{base}": BPCase(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
+    cases.update({f"bp-{base}": bp_case(base, x, y, args.chunk) for base in {b for b, _, _ in VARIANTS.values()}})
     kinds = {(kind, shape) for case in cases.values() if isinstance(case, EPCase)
              for kind, shape, _, _ in limit_terms(case.config.sizes, case.batch)}
     timers = {key: (ProductPairCase if key[0] == "pair" else MatmulCase)(*key[1]) for key in sorted(kinds)}
