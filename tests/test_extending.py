@@ -21,12 +21,11 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 def doc_namespace():
-    """Run the model, solver and estimator blocks of docs/extending.md; return what they define."""
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    """Run every python block of docs/extending.md in order in one namespace, as a reader pasting
+    the page from top to bottom would; return what they define."""
     namespace = {}
-    exec(blocks[0], namespace)  # noqa: S102 - the documented model, as a user would paste it
-    exec(blocks[1], namespace)  # noqa: S102 - and its training snippet
-    exec("\n".join(["import jax, jax.numpy as jnp, eqjax", "from flax import struct", blocks[2], blocks[3]]), namespace)
+    for block in re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S):
+        exec(block, namespace)  # noqa: S102 - the documented code, as a user would paste it
     return namespace
 
 
