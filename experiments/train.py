@@ -385,7 +385,9 @@ class Training:
                 "not learning (a learning rate too large or too small?)")
         if converged < CONVERGED_WARNING:
             say(f"warning: only {100 * converged:.1f}% of the test examples reached the tolerance within "
-                f"{self.eval_solver.max_steps} steps; the test error may be off (raise --set eval_steps)")
+                f"{self.eval_solver.max_steps} steps: the test error is that of unfinished relaxations (raise --set "
+                "eval_steps to read the net nearer equilibrium; python -m experiments.eval_budget RUN_DIR compares "
+                "budgets)")
         epochs_done = [r for r in self.records if r["kind"] == "epoch"]
         # best.msgpack before the epoch's checkpoint: a kill in between resumes inside this epoch,
         # which retrains it to the same parameters and saves best.msgpack again
