@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,15 @@ from jax.flatten_util import ravel_pytree
 import eqjax
 
 jax.config.update("jax_enable_x64", True)
+
+
+def python_blocks(path, after: str = "") -> list[str]:
+    """The ```python code blocks of the Markdown file ``path``, in order; with ``after``, only those
+    below the first line equal to it (e.g. ``"## Sweeps"``). The docs' examples run as printed."""
+    text = path.read_text()
+    if after:
+        text = text[text.index(f"\n{after}\n"):]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
 def relative_error(estimate, reference) -> float:

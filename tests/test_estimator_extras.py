@@ -2,7 +2,6 @@
 training metrics (``Estimate.extras``), and the random sign of EP's beta as an estimator
 (:class:`eqjax.estimators.RandomSign`)."""
 
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +15,7 @@ from flax import struct
 import eqjax
 from eqjax.estimators import EP, Contrastive, Estimate, Estimator, RandomSign
 from eqjax.solvers import GradientDescent
-from conftest import random_problem
+from conftest import python_blocks, random_problem
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 SOLVER = GradientDescent(step_size=0.5, tol=1e-10, max_steps=2_000)
@@ -177,8 +176,7 @@ def test_random_sign_needs_ep_a_key_and_checks_beta():
 
 
 def test_the_documented_wrapper_reports_its_gradient_norm():
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    (block,) = [b for b in blocks if "class WithGradNorm" in b]
+    (block,) = [b for b in python_blocks(DOC) if "class WithGradNorm" in b]
     namespace = {}
     exec("import jax, jax.numpy as jnp, eqjax, optax\n" + block, namespace)  # noqa: S102 - as printed
     model, params, xs, ys = batches(num_batches=1)

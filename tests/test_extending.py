@@ -1,6 +1,5 @@
 """The declared interfaces: a model, a solver and an estimator written outside the package."""
 
-import re
 from pathlib import Path
 
 import chex
@@ -15,10 +14,10 @@ from jax.flatten_util import ravel_pytree
 import eqjax
 from eqjax.estimators import EP, ImplicitDiff
 from eqjax.solvers import BlockCoordinate, GradientDescent
-from conftest import random_problem, relative_error
+from conftest import python_blocks, random_problem, relative_error
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
-DOC_BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)  # the page's code, in order
+DOC_BLOCKS = python_blocks(DOC)  # the page's code, in order
 
 
 def doc_namespace():

@@ -1,18 +1,15 @@
 """The README's example runs as printed, and its claim of one compile holds."""
 
-import re
 from pathlib import Path
+
+from conftest import python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 
-def snippets(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
-
-
 def test_readme_example_runs_and_compiles_the_epoch_once():
-    code = re.findall(r"## Example\n\n```python\n(.*?)```", README.read_text(), re.S)[0]
+    code = python_blocks(README, after="## Example")[0]
     namespace = {}
     exec(code, namespace)  # noqa: S102 - the README's code as a user would paste it
     # 21 epochs with two beta values and two learning rates: one trace of the epoch
@@ -22,7 +19,7 @@ def test_readme_example_runs_and_compiles_the_epoch_once():
 
 
 def test_readme_sweep_example_runs_on_its_own():
-    sweep = re.findall(r"## Sweeps\n\n.*?```python\n(.*?)```", README.read_text(), re.S)[0]
+    sweep = python_blocks(README, after="## Sweeps")[0]
     namespace = {}
     exec(sweep, namespace)  # noqa: S102 - the README's sweep as a user would paste it, alone
     result = namespace["result"]
@@ -30,7 +27,7 @@ def test_readme_sweep_example_runs_on_its_own():
 
 
 def test_readme_verification_example_runs():
-    code = re.findall(r"## Learning rules and gradient checks\n\n.*?```python\n(.*?)```", README.read_text(), re.S)[0]
+    code = python_blocks(README, after="## Learning rules and gradient checks")[0]
     namespace = {}
     exec(code, namespace)  # noqa: S102
     assert bool(namespace["check"].passed)
@@ -40,12 +37,12 @@ def test_readme_verification_example_runs():
 
 def test_every_readme_and_site_snippet_runs_on_its_own():
     # the README's three above are run (and checked) by the tests above; the others here
-    assert len(snippets(README)) == 4
-    devices = snippets(README)[3]
+    assert len(python_blocks(README)) == 4
+    devices = python_blocks(README)[3]
     namespace = {}
     exec(devices, namespace)  # noqa: S102
     assert callable(namespace["optimizer"].update)
-    (home,) = snippets(ROOT / "docs" / "index.md")
+    (home,) = python_blocks(ROOT / "docs" / "index.md")
     namespace = {}
     exec(home, namespace)  # noqa: S102 - the site's home page example, as printed
     assert float(namespace["metrics"]["accuracy"][-10:].mean()) > 0.85  # training accuracy; chance is 0.1
