@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 def config_of(name: str, tiny: bool):
     """The named config, shrunk by :data:`TINY` when ``tiny``."""
-    config = configs.named(name)
+    config = dict(configs.CONFIGS[name])
     if tiny:
         family = "conv" if config.get("family") == "conv" else "dense"
         config.update({k: v for k, v in TINY.items() if k != "sizes"}, sizes=TINY["sizes"][family])
