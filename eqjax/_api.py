@@ -129,30 +129,50 @@ def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=Fal
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)
 
 
-def _padded_batches(a: jax.Array, batch_size: int) -> jax.Array:
-    """``a`` ``(N, ...)`` zero-padded to whole batches: ``(ceil(N / batch_size), batch_size, ...)``."""
-    batches = -(-a.shape[0] // batch_size)
+def padded_batches(a: jax.Array, batch_size: int, batches: int | None = None) -> jax.Array:
+    """``a`` ``(N, ...)`` zero-padded to ``batches`` whole batches (default ``ceil(N / batch_size)``):
+    ``(batches, batch_size, ...)``."""
+    batches = -(-a.shape[0] // batch_size) if batches is None else batches
     pad = batches * batch_size - a.shape[0]
     return jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((batches, batch_size) + a.shape[1:])
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "throw"))
-def _error_rate(model, cost, solver, params, x, y, key, batch_size, throw):
-    n = x.shape[0]
-    xs, ys = _padded_batches(x, batch_size), _padded_batches(y, batch_size)
-    real = _padded_batches(jnp.ones((n,), bool), batch_size)
-    offsets = jnp.arange(xs.shape[0]) * batch_size  # each batch's key: key folded with its first index
+def error_counts(model, cost, solver, params, xs, ys, real, offsets, key, throw):
+    """``(wrong, converged)`` (int32): how many real examples of the batches ``xs`` ``(K, B, ...)`` /
+    ``ys`` ``(K, B)`` the free phase misclassifies, and how many reached the tolerance, the
+    batches relaxed one after the other in a ``jax.lax.scan``. ``real`` ``(K, B)`` marks the
+    examples that are not padding; ``offsets`` ``(K,)`` is each batch's first index in the whole
+    data set, which ``key`` (stochastic solvers) is folded with."""
 
     def count(totals, batch):
         xi, yi, mask, offset = batch
         batch_key = None if key is None else jax.random.fold_in(key, offset)
         estimate = _evaluate(model, cost, solver, params, xi, yi, None, batch_key, throw)
-        wrong = jnp.sum(jnp.where(mask, 1 - estimate.accuracy, 0))
-        converged = jnp.sum(jnp.where(mask, estimate.free.converged, 0))
+        wrong = jnp.sum(mask & (estimate.accuracy == 0), dtype=jnp.int32)
+        converged = jnp.sum(mask & estimate.free.converged, dtype=jnp.int32)
         return (totals[0] + wrong, totals[1] + converged), None
 
-    zero = jnp.zeros((), jnp.float32)
-    (wrong, converged), _ = jax.lax.scan(count, (zero, zero), (xs, ys, real, offsets))
+    zero = jnp.zeros((), jnp.int32)  # counts: exact in any dtype of the model
+    return jax.lax.scan(count, (zero, zero), (xs, ys, real, offsets))[0]
+
+
+def check_error_rate_call(model, solver, params, x, y, batch_size: int, throw):
+    """The eager checks of :func:`error_rate` (and of :func:`eqjax.parallel.sharded_error_rate`)."""
+    check_throw(throw)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_call(model, params, x, y, None, solver)
+    if x.shape[0] == 0:
+        raise ValueError("error_rate needs at least one example")
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "throw"))
+def _error_rate(model, cost, solver, params, x, y, key, batch_size, throw):
+    n = x.shape[0]
+    xs, ys = padded_batches(x, batch_size), padded_batches(y, batch_size)
+    real = padded_batches(jnp.ones((n,), bool), batch_size)
+    offsets = jnp.arange(xs.shape[0]) * batch_size
+    wrong, converged = error_counts(model, cost, solver, params, xs, ys, real, offsets, key, throw)
     return {"error": wrong / n, "converged": converged / n}
 
 
@@ -176,10 +196,5 @@ def error_rate(model, cost, solver, params, x, y, key=None, *, batch_size: int =
       numeric fields are traced), and vmappable over sweep members.
     """
     cost = as_cost(cost)
-    check_throw(throw)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    check_call(model, params, x, y, None, solver)
-    if x.shape[0] == 0:
-        raise ValueError("error_rate needs at least one example")
+    check_error_rate_call(model, solver, params, x, y, batch_size, throw)
     return _error_rate(model, cost, solver, params, x, y, key, batch_size, throw)

@@ -1,4 +1,4 @@
-"""Data-parallel training over devices: the batch axis sharded, the parameters replicated.
+"""Data-parallel training and evaluation: the examples sharded over devices, parameters replicated.
 
 :func:`sharded_train_step` makes steps with the signature of :func:`eqjax.train_step`'s and the same
 result, computed by every device of a one-axis mesh on its share of the batch: each device relaxes
@@ -13,10 +13,14 @@ Equal to the one-device step up to float round-off when every relaxation runs a 
 steps (``tol = 0``); with a tolerance, a shard may stop earlier than the whole batch would (its
 examples converged), so results agree to the order of the tolerance. A PRNG key (stochastic
 solvers) is folded with the shard's index, so shards draw independent noise.
+
+:func:`sharded_error_rate` is :func:`eqjax.error_rate` with the data set's batches shared out over
+the devices: each batch is relaxed whole on one device, so its figures are those of one device.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -27,11 +31,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eqjax._checks import check_model
 from eqjax._distributed import put_global, to_host
-from eqjax._api import checked_estimate
+from eqjax._api import check_error_rate_call, checked_estimate, error_counts, padded_batches
 from eqjax.costs import as_cost
 from eqjax._train import apply_update
 
-__all__ = ["BATCH", "batch_mesh", "put_global", "shard_batch", "sharded_estimate", "sharded_train_step", "to_host"]
+__all__ = ["BATCH", "batch_mesh", "put_global", "shard_batch", "sharded_error_rate", "sharded_estimate",
+           "sharded_train_step", "to_host"]
 
 BATCH = "batch"  # the mesh axis the examples are sharded over
 
@@ -101,6 +106,48 @@ def sharded_train_step(model, cost, optimizer: optax.GradientTransformation, dev
                 result.free_state)
 
     return step
+
+
+def sharded_error_rate(model, cost, mesh: Mesh, *, batch_size: int = 1000, throw: bool = False) -> Callable:
+    """:func:`eqjax.error_rate` with the data set's batches shared out over the mesh's devices:
+    ``error_rate(solver, params, x, y, key=None) -> {"error": scalar, "converged": scalar}``,
+    jitted (one compile per shapes; ``batch_size`` and ``throw`` are fixed here).
+
+    ``x`` ``(N, ...)`` and ``y`` ``(N,)`` are cut into batches of ``batch_size`` as
+    :func:`eqjax.error_rate` cuts them (the last one zero-padded), and each device relaxes a
+    contiguous run of whole batches (batches of padding alone make the count a multiple of the
+    devices). A batch is relaxed on one device exactly as :func:`eqjax.error_rate` relaxes it, and
+    each batch's key is folded with its first index in ``x``, so the figures are those of
+    :func:`eqjax.error_rate` with the same ``batch_size``, computed by every device at once. The
+    mesh may span the devices of several processes (``jax.distributed``): every process then calls
+    this with the same values (e.g. placed with :func:`put_global`)."""
+    check_model(model)
+    cost = as_cost(cost)
+    devices = mesh.devices.size
+
+    def local(solver, params, xs, ys, real, offsets, key):
+        wrong, converged = error_counts(model, cost, solver, params, xs, ys, real, offsets, key, throw)
+        return jax.lax.psum(wrong, BATCH), jax.lax.psum(converged, BATCH)
+
+    @jax.jit
+    def compiled(solver, params, x, y, key):
+        n = x.shape[0]
+        batches = math.ceil(math.ceil(n / batch_size) / devices) * devices  # whole batches, as many per device
+        xs, ys = padded_batches(x, batch_size, batches), padded_batches(y, batch_size, batches)
+        real = padded_batches(jnp.ones((n,), bool), batch_size, batches)
+        offsets = jnp.arange(batches) * batch_size
+        shard, everywhere = PartitionSpec(BATCH), PartitionSpec()
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=(everywhere, everywhere, shard, shard, shard, shard,
+                                                            everywhere),
+                               out_specs=(everywhere, everywhere), check_vma=False)
+        wrong, converged = mapped(solver, params, xs, ys, real, offsets, key)
+        return {"error": wrong / n, "converged": converged / n}
+
+    def error_rate(solver, params, x, y, key=None) -> dict:
+        check_error_rate_call(model, solver, params, x, y, batch_size, throw)
+        return compiled(solver, params, x, y, key)
+
+    return error_rate
 
 
 def __getattr__(name):

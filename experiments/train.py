@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -221,6 +222,7 @@ def early_stop(config: RunConfig, epochs_done: list) -> bool:
 
 
 CONVERGED_WARNING = 0.9  # warn when fewer test examples than this reach the tolerance
+EVAL_BATCH = 2000  # test examples relaxed together
 
 
 class Training:
@@ -243,6 +245,10 @@ class Training:
         self.records = []  # the run's metrics records, as metrics.jsonl holds them
         self.primary, self.multi = jax.process_index() == 0, jax.process_count() > 1
         self.replicated = NamedSharding(eqjax.parallel.batch_mesh(devices), PartitionSpec()) if self.multi else None
+        # the evaluation's batches shared out over the training's devices (the same figures as on one)
+        self.error_rate = (eqjax.parallel.sharded_error_rate(self.model, self.cost, eqjax.parallel.batch_mesh(devices),
+                                                             batch_size=EVAL_BATCH) if len(devices) > 1 else
+                           functools.partial(eqjax.error_rate, self.model, self.cost, batch_size=EVAL_BATCH))
 
     def use_directory(self, run_dir: Path | None):
         """Write this run's files into ``run_dir`` (``None``: a process other than the first, on a
@@ -259,7 +265,7 @@ class Training:
         return eqjax.parallel.put_global(tree, self.replicated) if self.multi else tree
 
     def local(self, replicated_tree):
-        """This process's copy of replicated arrays (the evaluation runs on each process alone)."""
+        """This process's copy of replicated arrays."""
         return jax.tree.map(lambda a: a.addressable_data(0), replicated_tree) if self.multi else replicated_tree
 
     def to_host(self, tree):
@@ -357,9 +363,9 @@ class Training:
 
     def error(self, params, x, y, key) -> tuple[float, float]:
         """``(error, converged)`` of the free phase on ``(x, y)`` with the evaluation's solver
-        (:func:`eqjax.error_rate`, 2000 examples at a time)."""
-        result = eqjax.error_rate(self.model, self.cost, self.eval_solver, self.local(params), x, y, key,
-                                  batch_size=2000)
+        (:func:`eqjax.error_rate`, ``EVAL_BATCH`` examples at a time, the batches shared out over
+        the devices when there are several)."""
+        result = self.local(self.error_rate(self.eval_solver, params, *self.to_devices((x, y, key))))
         return float(result["error"]), float(result["converged"])
 
     def end_epoch(self, carry, epoch, seconds, log) -> bool:

@@ -1,5 +1,6 @@
 """Data-parallel training: the batch sharded over 4 forced CPU devices gives the 1-device step."""
 
+import functools
 import json
 import textwrap
 
@@ -25,8 +26,8 @@ def batches(num=3, batch=16):
     return x.astype(jnp.float64).reshape(num, batch, 64), y.reshape(num, batch)
 
 
-def run(step, solver, devices_tag):
-    """Three EP steps from the same start; the final parameters and the metrics of every step."""
+def train(step, solver):
+    """Three EP steps from the same start: ``(params, metrics of every step)``."""
     optimizer = optax.adam(1e-2)
     params = MODEL.init(jax.random.key(1), jnp.float64)
     opt_state = optimizer.init(params)
@@ -35,6 +36,12 @@ def run(step, solver, devices_tag):
     for x, y in zip(*batches()):
         params, opt_state, m, _ = step(params, opt_state, solver, EP(beta=0.3), x, y)
         metrics.append({k: float(v) for k, v in m.items()})
+    return params, metrics
+
+
+def run(step, solver, devices_tag):
+    """:func:`train`'s final parameters and metrics, as JSON."""
+    params, metrics = train(step, solver)
     return {"tag": devices_tag, "params": [np.asarray(p).tolist() for p in jax.tree.leaves(params)],
             "metrics": metrics}
 
@@ -64,6 +71,17 @@ def scalar_extra_metrics():
 
 FIXED = eqjax.solvers.BlockCoordinate(tol=0.0, max_steps=12)  # every shard runs exactly 12 sweeps
 STOPPING = eqjax.solvers.BlockCoordinate(tol=1e-8, max_steps=200)  # each shard stops at the tolerance
+NOISY = eqjax.solvers.Langevin(step_size=0.2, temperature=0.3, tol=0.0, max_steps=20)  # draws from its key
+
+
+def error_rates(error_rate):
+    """``error_rate(solver, params, x, y, key)`` on 37 examples (5 batches of 8, the last one
+    padded) with a solver that stops at the tolerance and one that draws noise."""
+    x, y = eqjax.synthetic.digits(jax.random.key(3), 37, noise=0.3, flip=0.1)
+    params = train(eqjax.train_step, FIXED)[0]  # on one device: the same parameters in every process
+    return {name: {k: float(v) for k, v in error_rate(solver, params, x.astype(jnp.float64), y, key).items()}
+            for name, solver, key in (("stopping", STOPPING, None), ("noisy", NOISY, jax.random.key(4)),
+                                      ("noisy, another key", NOISY, jax.random.key(5)))}
 
 SHARDED = textwrap.dedent("""
     import json, sys
@@ -74,7 +92,9 @@ SHARDED = textwrap.dedent("""
     from eqjax import parallel
     assert len(jax.devices()) == 4, jax.devices()
     step = parallel.sharded_train_step
-    print(json.dumps([t.run(step, t.FIXED, "fixed"), t.run(step, t.STOPPING, "stop"), t.scalar_extra_metrics()]))
+    error_rate = parallel.sharded_error_rate(t.MODEL, t.COST, parallel.batch_mesh(), batch_size=8)
+    print(json.dumps([t.run(step, t.FIXED, "fixed"), t.run(step, t.STOPPING, "stop"), t.scalar_extra_metrics(),
+                      t.error_rates(error_rate)]))
 """)
 
 
@@ -87,7 +107,7 @@ def compare(sharded, single, rtol, atol):
 
 
 def test_four_forced_cpu_devices_give_the_one_device_step():
-    fixed, stopping, extra = run_on_forced_cpu_devices(SHARDED, 4)
+    fixed, stopping, extra, error_rates_sharded = run_on_forced_cpu_devices(SHARDED, 4)
     # fixed sweeps: the same arithmetic split over devices, float64 round-off of a different
     # summation order (the gradient's psum), amplified a little by three Adam steps
     compare(fixed, run(eqjax.train_step, FIXED, "single"), rtol=1e-9, atol=1e-12)
@@ -98,6 +118,13 @@ def test_four_forced_cpu_devices_give_the_one_device_step():
     # a scalar extra: each shard's mean loss over its 4 examples, averaged over the 4 shards, is
     # the batch's mean loss (equal shards); float64, only the order of the sums differs
     np.testing.assert_allclose(extra["shard_loss"], extra["loss"], rtol=1e-12)
+    # the test error with the data set's 5 batches shared out over 4 devices (8 batches, 3 of padding
+    # alone): each batch is relaxed on one device as error_rate relaxes it, with the same key, so the
+    # counts are equal; an example counted twice or a padding example counted moves them by 1/37
+    single = error_rates(functools.partial(eqjax.error_rate, MODEL, COST, batch_size=8))
+    assert error_rates_sharded == single
+    assert single["stopping"]["converged"] == 1.0 and 0 < single["stopping"]["error"] < 0.9  # below chance
+    assert single["noisy"]["error"] != single["noisy, another key"]["error"]  # so the keys must match, and did
 
 
 def test_one_device_mesh_equals_the_plain_step_and_odd_batches_are_refused():
