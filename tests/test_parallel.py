@@ -1,4 +1,4 @@
-"""Data-parallel training: the batch sharded over 4 forced CPU devices gives the 1-device step."""
+"""Data-parallel training and evaluation: the batch sharded over 4 forced CPU devices gives the 1-device results."""
 
 import functools
 import json
