@@ -113,6 +113,9 @@ def run_config(model: str, items, epochs: int, **options) -> RunConfig:
     return checked_config(entries, "--set")
 
 
+EVAL_BATCH = 2000  # test and validation examples relaxed together (make train, eval_budget)
+
+
 def eval_solver(config: RunConfig, solver):
     """The solver of test and validation evaluations: ``solver`` with the config's ``eval_steps``
     budget (the training budget when the config has none)."""

@@ -45,7 +45,8 @@ def main(argv=None):
         print(f"feedforward pass of the same weights: test error {100 * error:.2f}%")
     for steps in args.steps:
         key = jax.random.key(config.seed)
-        result = eqjax.error_rate(model, cost, solver.replace(max_steps=steps), params, x, y, key, batch_size=500)
+        result = eqjax.error_rate(model, cost, solver.replace(max_steps=steps), params, x, y, key,
+                                   batch_size=common.EVAL_BATCH)
         error, converged = float(result["error"]), float(result["converged"])
         rows.append({"sweeps": steps, "test_error": error, "converged": converged})
         print(f"{steps} sweeps: test error {100 * error:.2f}%, {100 * converged:.1f}% relaxed to the tolerance",

@@ -28,7 +28,7 @@ from experiments import common, configs, runfiles
 from experiments.run_config import RunConfig
 
 TRACED = ("beta", "eta", "learning_rate", "tol", "step_size", "decay", "seed")
-EVAL_BATCH = 1000
+EVAL_BATCH = 1000  # test examples relaxed together by each member (every member's batch is in memory at once)
 
 
 @dataclasses.dataclass(frozen=True)

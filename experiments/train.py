@@ -222,7 +222,6 @@ def early_stop(config: RunConfig, epochs_done: list) -> bool:
 
 
 CONVERGED_WARNING = 0.9  # warn when fewer test examples than this reach the tolerance
-EVAL_BATCH = 2000  # test examples relaxed together
 
 
 class Training:
@@ -246,9 +245,10 @@ class Training:
         self.primary, self.multi = jax.process_index() == 0, jax.process_count() > 1
         self.replicated = NamedSharding(eqjax.parallel.batch_mesh(devices), PartitionSpec()) if self.multi else None
         # the evaluation's batches shared out over the training's devices (the same figures as on one)
-        self.error_rate = (eqjax.parallel.sharded_error_rate(self.model, self.cost, eqjax.parallel.batch_mesh(devices),
-                                                             batch_size=EVAL_BATCH) if len(devices) > 1 else
-                           functools.partial(eqjax.error_rate, self.model, self.cost, batch_size=EVAL_BATCH))
+        batch, mesh = common.EVAL_BATCH, eqjax.parallel.batch_mesh(devices)
+        self.error_rate = (eqjax.parallel.sharded_error_rate(self.model, self.cost, mesh, batch_size=batch)
+                           if len(devices) > 1 else
+                           functools.partial(eqjax.error_rate, self.model, self.cost, batch_size=batch))
 
     def use_directory(self, run_dir: Path | None):
         """Write this run's files into ``run_dir`` (``None``: a process other than the first, on a
@@ -363,8 +363,8 @@ class Training:
 
     def error(self, params, x, y, key) -> tuple[float, float]:
         """``(error, converged)`` of the free phase on ``(x, y)`` with the evaluation's solver
-        (:func:`eqjax.error_rate`, ``EVAL_BATCH`` examples at a time, the batches shared out over
-        the devices when there are several)."""
+        (:func:`eqjax.error_rate`, ``common.EVAL_BATCH`` examples at a time, the batches shared out
+        over the devices when there are several)."""
         result = self.local(self.error_rate(self.eval_solver, params, *self.to_devices((x, y, key))))
         return float(result["error"]), float(result["converged"])
 
