@@ -129,12 +129,21 @@ def evaluate(model, cost, solver, params, x, y, state0=None, key=None, throw=Fal
     return _evaluate(model, cost, solver, params, x, y, state0, key, throw)
 
 
-def padded_batches(a: jax.Array, batch_size: int, batches: int | None = None) -> jax.Array:
-    """``a`` ``(N, ...)`` zero-padded to ``batches`` whole batches (default ``ceil(N / batch_size)``):
-    ``(batches, batch_size, ...)``."""
-    batches = -(-a.shape[0] // batch_size) if batches is None else batches
+def padded_batches(a: jax.Array, batch_size: int, batches: int) -> jax.Array:
+    """``a`` ``(N, ...)`` zero-padded to ``batches`` whole batches: ``(batches, batch_size, ...)``."""
     pad = batches * batch_size - a.shape[0]
     return jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]).reshape((batches, batch_size) + a.shape[1:])
+
+
+def counting_batches(x, y, batch_size: int, batches: int | None = None) -> tuple:
+    """``(xs, ys, real, offsets)`` for :func:`error_counts`: ``x`` ``(N, ...)`` and ``y`` ``(N,)``
+    cut into ``batches`` batches of ``batch_size`` (default ``ceil(N / batch_size)``; the rest
+    zero-padding), ``real`` marking the examples of ``x``, ``offsets`` each batch's first index."""
+    n = x.shape[0]
+    batches = -(-n // batch_size) if batches is None else batches
+    real = padded_batches(jnp.ones((n,), bool), batch_size, batches)
+    return (padded_batches(x, batch_size, batches), padded_batches(y, batch_size, batches), real,
+            jnp.arange(batches) * batch_size)
 
 
 def error_counts(model, cost, solver, params, xs, ys, real, offsets, key, throw):
@@ -168,12 +177,8 @@ def check_error_rate_call(model, solver, params, x, y, batch_size: int, throw):
 
 @functools.partial(jax.jit, static_argnames=("batch_size", "throw"))
 def _error_rate(model, cost, solver, params, x, y, key, batch_size, throw):
-    n = x.shape[0]
-    xs, ys = padded_batches(x, batch_size), padded_batches(y, batch_size)
-    real = padded_batches(jnp.ones((n,), bool), batch_size)
-    offsets = jnp.arange(xs.shape[0]) * batch_size
-    wrong, converged = error_counts(model, cost, solver, params, xs, ys, real, offsets, key, throw)
-    return {"error": wrong / n, "converged": converged / n}
+    wrong, converged = error_counts(model, cost, solver, params, *counting_batches(x, y, batch_size), key, throw)
+    return {"error": wrong / x.shape[0], "converged": converged / x.shape[0]}
 
 
 def error_rate(model, cost, solver, params, x, y, key=None, *, batch_size: int = 1000, throw=False) -> dict:

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eqjax._checks import check_model
 from eqjax._distributed import put_global, to_host
-from eqjax._api import check_error_rate_call, checked_estimate, error_counts, padded_batches
+from eqjax._api import check_error_rate_call, checked_estimate, counting_batches, error_counts
 from eqjax.costs import as_cost
 from eqjax._train import apply_update
 
@@ -133,14 +133,11 @@ def sharded_error_rate(model, cost, mesh: Mesh, *, batch_size: int = 1000, throw
     def compiled(solver, params, x, y, key):
         n = x.shape[0]
         batches = math.ceil(math.ceil(n / batch_size) / devices) * devices  # whole batches, as many per device
-        xs, ys = padded_batches(x, batch_size, batches), padded_batches(y, batch_size, batches)
-        real = padded_batches(jnp.ones((n,), bool), batch_size, batches)
-        offsets = jnp.arange(batches) * batch_size
         shard, everywhere = PartitionSpec(BATCH), PartitionSpec()
         mapped = jax.shard_map(local, mesh=mesh, in_specs=(everywhere, everywhere, shard, shard, shard, shard,
                                                             everywhere),
                                out_specs=(everywhere, everywhere), check_vma=False)
-        wrong, converged = mapped(solver, params, xs, ys, real, offsets, key)
+        wrong, converged = mapped(solver, params, *counting_batches(x, y, batch_size, batches), key)
         return {"error": wrong / n, "converged": converged / n}
 
     def error_rate(solver, params, x, y, key=None) -> dict:

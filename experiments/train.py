@@ -243,9 +243,13 @@ class Training:
         self.chunks_done, self.last_save = 0, time.monotonic()
         self.records = []  # the run's metrics records, as metrics.jsonl holds them
         self.primary, self.multi = jax.process_index() == 0, jax.process_count() > 1
-        self.replicated = NamedSharding(eqjax.parallel.batch_mesh(devices), PartitionSpec()) if self.multi else None
-        # the evaluation's batches shared out over the training's devices (the same figures as on one)
-        batch, mesh = common.EVAL_BATCH, eqjax.parallel.batch_mesh(devices)
+        mesh = eqjax.parallel.batch_mesh(devices)
+        self.replicated = NamedSharding(mesh, PartitionSpec()) if self.multi else None
+        # the held-out sets placed once (with several processes, on every process's devices), and
+        # their batches shared out over the training's devices (the same figures as on one)
+        held_out = {k: data[k] for k in ("x_test", "y_test", "x_val", "y_val") if k in data}
+        self.data = {**data, **self.to_devices(held_out)}
+        batch = common.EVAL_BATCH
         self.error_rate = (eqjax.parallel.sharded_error_rate(self.model, self.cost, mesh, batch_size=batch)
                            if len(devices) > 1 else
                            functools.partial(eqjax.error_rate, self.model, self.cost, batch_size=batch))
@@ -365,7 +369,7 @@ class Training:
         """``(error, converged)`` of the free phase on ``(x, y)`` with the evaluation's solver
         (:func:`eqjax.error_rate`, ``common.EVAL_BATCH`` examples at a time, the batches shared out
         over the devices when there are several)."""
-        result = self.local(self.error_rate(self.eval_solver, params, *self.to_devices((x, y, key))))
+        result = self.local(self.error_rate(self.eval_solver, params, x, y, *self.to_devices((key,))))
         return float(result["error"]), float(result["converged"])
 
     def end_epoch(self, carry, epoch, seconds, log) -> bool:
